@@ -1,0 +1,66 @@
+"""The ``replaytune`` command: a thin dispatcher.
+
+Each subcommand lives in ``replaytune.commands.<name>`` and exposes ``register(subparsers)``,
+which adds its parser and sets ``func``. Command modules import heavy libraries (torch,
+transformers) inside their functions so that ``--help`` stays fast. Errors derived from
+:class:`replaytune.errors.ReplaytuneError` become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from replaytune import __version__
+from replaytune.errors import ReplaytuneError
+
+# Order shown in --help: the main job first, then building blocks.
+COMMANDS = (
+    "demo",
+    "study",
+    "sweep",
+    "train",
+    "finetune",
+    "efficiency",
+    "report",
+    "prepare",
+    "tokenizer",
+    "schedule",
+    "batches",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replaytune",
+        description="Train and fine-tune language models with replay of generic pre-training data.",
+    )
+    parser.add_argument("--version", action="version", version=f"replaytune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"replaytune.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"replaytune.commands.{name}":
+                continue  # command not shipped in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ReplaytuneError as exc:
+        print(f"replaytune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"replaytune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

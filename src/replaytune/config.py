@@ -1,0 +1,260 @@
+"""Validated, frozen run configuration: YAML in, ``--set key=value`` overrides, saved with every run.
+
+A run (``replaytune train CONFIG.yaml``) is a model, named data sources (token stores),
+and a list of *phases*. A phase has a step count, a mixture schedule and an LR schedule,
+and says whether the optimizer is reset (and the LR re-warmed) at its start. The paper's
+settings are configurations of this one shape:
+
+* pre-training: one phase, schedule ``constant: generic``;
+* fine-tuning: pre-training phase, then a phase with ``finetune: {target_steps, epochs,
+  replay}`` and ``reset_optimizer: true``;
+* mid-training: one phase with ``two_stage: {gamma, replay, alpha}`` under WSD.
+
+Each field's ``description`` is its documentation (``replaytune train --help-config``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from replaytune import schedule as sched
+from replaytune.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Frozen):
+    store: str = Field(description="Path of a token store built by `replaytune prepare`.")
+    max_epochs: float | None = Field(None, gt=0, description="Refuse schedules needing more passes over this source.")
+
+
+class DataConfig(_Frozen):
+    sources: dict[str, SourceConfig] = Field(description="Named sources; schedules refer to these names.")
+    seq_len: int = Field(128, ge=2, description="Tokens per training sequence (the model sees seq_len, predicts seq_len).")
+    batch_size: int = Field(16, ge=1, description="Global batch size in sequences.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per forward pass per rank; gradient accumulation makes up the rest."
+    )
+    seed: int = Field(0, description="Data seed: fixes which sequences land in which batch.")
+
+
+class ModelConfig(_Frozen):
+    preset: str | None = Field(None, description="Named from-scratch architecture: tiny, small, 150m, 300m, 600m.")
+    pretrained: str | None = Field(None, description="Local path or hub id of a Hugging Face causal LM to start from.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Fields of the transformers config to override.")
+    init_seed: int = Field(0, description="Seed of the random initialization (from-scratch models).")
+    tokenizer: str | None = Field(None, description="Tokenizer path; defaults to the one the stores were built with.")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.preset is None) == (self.pretrained is None):
+            raise ValueError("set exactly one of model.preset or model.pretrained")
+        return self
+
+
+class LRConfig(_Frozen):
+    peak: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    schedule: Literal["cosine", "wsd", "constant", "linear"] = Field("cosine", description="Shape after warmup.")
+    warmup: float = Field(0.01, ge=0, lt=1, description="Fraction of the phase's steps spent in linear warmup.")
+    decay: float = Field(0.1, ge=0, le=1, description="WSD only: final fraction of steps with linear decay.")
+    final_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of the peak.")
+
+
+class FinetuneSpec(_Frozen):
+    target_steps: int = Field(ge=1, description="Unique target data, in batches (steps of pure target).")
+    epochs: float = Field(gt=0, description="Passes over the target data.")
+    replay: float = Field(0.0, ge=0, lt=1, description="Replay fraction rho (generic share of every batch).")
+    target: str = "target"
+    generic: str = "generic"
+
+
+class TwoStageSpec(_Frozen):
+    gamma: float = Field(gt=0, le=1, description="Fraction of all steps' data that is target data.")
+    replay: float = Field(0.0, ge=0, lt=1, description="Replay fraction rho of Stage 2.")
+    alpha: float = Field(1.0, ge=0, le=1, description="Share of the target data placed in Stage 2.")
+    target: str = "target"
+    generic: str = "generic"
+
+
+class UniformSpec(_Frozen):
+    gamma: float = Field(ge=0, le=1, description="Target weight through the whole phase.")
+    target: str = "target"
+    generic: str = "generic"
+
+
+class PhaseConfig(_Frozen):
+    name: str = Field("train", description="Phase name, used in metrics and checkpoints.")
+    steps: int | None = Field(None, ge=1, description="Steps in this phase (derived for `finetune` schedules).")
+    stages: list[dict[str, Any]] | None = Field(None, description="Explicit stages: [{start_step, weights}].")
+    constant: str | None = Field(None, description="Train on this one source only.")
+    finetune: FinetuneSpec | None = None
+    two_stage: TwoStageSpec | None = None
+    uniform: UniformSpec | None = None
+    lr: LRConfig = LRConfig()
+    reset_optimizer: bool = Field(False, description="Fresh optimizer state and LR re-warm at this phase's start.")
+
+    @model_validator(mode="after")
+    def _one_schedule(self):
+        given = [k for k in ("stages", "constant", "finetune", "two_stage", "uniform") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of stages, constant, finetune, two_stage, uniform (got {given or 'none'})")
+        if self.finetune is None and self.steps is None:
+            raise ValueError("steps is required (only a finetune schedule derives its own)")
+        return self
+
+    def build(self) -> tuple[sched.Schedule, int, dict[str, Any]]:
+        """The phase's schedule, its step count and a description of how it was derived."""
+        if self.finetune is not None:
+            f = self.finetune
+            plan = sched.finetune(f.target_steps, f.epochs, f.replay, target=f.target, generic=f.generic)
+            if self.steps is not None and self.steps != plan.steps:
+                raise sched.ScheduleError(
+                    f"phase '{self.name}': steps={self.steps} disagrees with the finetune schedule's {plan.steps}; drop steps"
+                )
+            return plan.schedule, plan.steps, plan.to_dict()
+        steps = int(self.steps)  # validated above
+        if self.two_stage is not None:
+            t = self.two_stage
+            plan = sched.two_stage(steps, t.gamma, t.replay, t.alpha, target=t.target, generic=t.generic)
+            return plan.schedule, steps, plan.to_dict()
+        if self.uniform is not None:
+            u = self.uniform
+            s = sched.uniform(u.gamma, target=u.target, generic=u.generic)
+            return s, steps, {"setting": "uniform", "gamma": u.gamma, **s.to_dict()}
+        if self.constant is not None:
+            s = sched.constant(self.constant)
+            return s, steps, {"setting": "constant", **s.to_dict()}
+        s = sched.Schedule(self.stages or [])
+        return s, steps, {"setting": "stages", **s.to_dict()}
+
+
+class OptimConfig(_Frozen):
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decay; never on norms, embeddings or biases.")
+    grad_clip: float = Field(1.0, ge=0, description="Global gradient-norm clip (0 disables).")
+
+
+class EvalConfig(_Frozen):
+    interval: int = Field(0, ge=0, description="Evaluate every N steps (0: only at phase ends).")
+    sequences: int = Field(64, ge=1, description="Held-out sequences per source per evaluation.")
+    batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
+    train_loss: bool = Field(True, description="Also log training loss per source (from the batch's composition).")
+
+
+class CheckpointConfig(_Frozen):
+    interval: int = Field(0, ge=0, description="Save every N steps (0: only at phase ends).")
+    keep: int = Field(2, ge=1, description="Keep the last K checkpoints.")
+
+
+class RunConfig(_Frozen):
+    name: str = Field("run", description="Run name.")
+    out_dir: str = Field("runs/run", description="Run directory: config, metrics.jsonl, record.json, checkpoints.")
+    seed: int = Field(0, description="Seed for model init order and dropout; the data seed is data.seed.")
+    model: ModelConfig
+    data: DataConfig
+    phases: list[PhaseConfig] = Field(min_length=1)
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    device: str = Field("auto", description="auto, cpu or cuda.")
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    compile: bool = Field(False, description="torch.compile the model (GPU; costs a minute up front).")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard under out_dir/tb.")
+
+    def fingerprint(self) -> str:
+        return config_hash(self.model_dump(mode="json"))
+
+
+def config_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------
+# Loading, overrides, errors
+# ------------------------------------------------------------------------------------------
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``a.b.c=value`` (value parsed as YAML); list items by index: ``phases.1.lr.peak=1e-3``."""
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. phases.0.lr.peak=1e-3")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = out
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[: i + 1])}' is not a section")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[int(last)] = _parse_value(value)
+        else:
+            node[last] = _parse_value(value)
+    return out
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err.get("type") == "literal_error" and "expected" in (err.get("ctx") or {}):
+            msg = f"must be one of {err['ctx']['expected']}"
+        lines.append(f"{source}: field '{loc}': {msg}")
+    return "; ".join(lines)
+
+
+def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = path.parent
+    data = apply_overrides(data, overrides or [])
+    cfg = validate(data, str(path))
+    return _resolve_paths(cfg, base)
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Store paths in a config file are relative to the file, unless absolute."""
+    sources = {}
+    for name, src in cfg.data.sources.items():
+        p = Path(src.store)
+        sources[name] = src.model_copy(update={"store": str(p if p.is_absolute() or p.exists() else base / p)})
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": sources})})
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,361 @@
+"""Mixture schedules, the paper's schedule constructors, durations and LR schedules.
+
+A *schedule* is a validated list of stages. Each stage starts at a step and gives a
+weight to every source; weights are normalized when the schedule is built, so a stage
+written ``{"target": 1, "generic": 3}`` means 25 % target. Everything that can be wrong
+with a schedule (negative or all-zero weights, stages out of order, a first stage that
+does not start at step 0, rho >= 1, delta > 1) is refused here, when the schedule is
+built, never when training reaches it.
+
+The constructors implement the two settings of Kotha & Liang (2026), see METHOD.md:
+
+* :func:`finetune` - target data for ``target_steps`` batches repeated ``epochs`` times,
+  with replay fraction rho: the stage grows to ``target_steps * epochs / (1 - rho)`` steps
+  (64 epochs x 1 batch = 64 steps; rho = 0.5 doubles it to 128).
+* :func:`two_stage` - mid-training: gamma of all steps is target data, a share alpha of
+  it goes to Stage 2 where it is mixed with replay rho;
+  ``delta = gamma * alpha / (1 - rho)``, ``w2 = 1 - rho``,
+  ``w1 = gamma * (1 - alpha) / (1 - delta)``, Stage 2 starts at ``floor((1 - delta) * N)``.
+* :func:`uniform` - target spread evenly through the run (the efficiency reference runs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from replaytune.errors import ReplaytuneError
+
+TARGET = "target"
+GENERIC = "generic"
+
+
+class ScheduleError(ReplaytuneError, ValueError):
+    """An impossible schedule. The message is one line that names the offending value."""
+
+
+def _check_fraction(name: str, value: float, *, low: float, high: float, high_open: bool) -> float:
+    value = float(value)
+    bad = math.isnan(value) or value < low or (value >= high if high_open else value > high)
+    if bad:
+        bracket = ")" if high_open else "]"
+        raise ScheduleError(f"{name} must be in [{low:g}, {high:g}{bracket}, got {value:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Stage:
+    """From ``start_step`` on (until the next stage), draw sources with these weights."""
+
+    start_step: int
+    weights: Mapping[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_step": self.start_step, "weights": dict(self.weights)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Stages sorted by start step, the first at step 0; weights normalized to sum to 1.
+
+    Every stage carries a weight for every source of the schedule (0 where a stage
+    does not use it), in one fixed source order, so that later code can index by it.
+    """
+
+    stages: tuple[Stage, ...]
+    sources: tuple[str, ...] = field(default=())
+
+    def __init__(self, stages: Iterable[Stage | Mapping[str, Any]]):
+        raw = [s if isinstance(s, Stage) else Stage(int(s["start_step"]), dict(s["weights"])) for s in stages]
+        if not raw:
+            raise ScheduleError("a schedule needs at least one stage")
+        names: list[str] = []
+        for st in raw:
+            for name in st.weights:
+                if name not in names:
+                    names.append(name)
+        built: list[Stage] = []
+        prev = -1
+        for i, st in enumerate(raw):
+            if i == 0 and st.start_step != 0:
+                raise ScheduleError(f"stage 0 must start at step 0, got start_step={st.start_step}")
+            if st.start_step <= prev:
+                raise ScheduleError(
+                    f"stages out of order: stage {i} starts at step {st.start_step}, "
+                    f"not after stage {i - 1} (step {prev})"
+                )
+            prev = st.start_step
+            for name, w in st.weights.items():
+                w = float(w)
+                if math.isnan(w) or w < 0 or math.isinf(w):
+                    raise ScheduleError(f"stage {i}: weight of source '{name}' must be >= 0 and finite, got {w:g}")
+            total = sum(float(w) for w in st.weights.values())
+            if total <= 0:
+                raise ScheduleError(f"stage {i} (step {st.start_step}): weights are all zero")
+            norm = {name: float(st.weights.get(name, 0.0)) / total for name in names}
+            built.append(Stage(st.start_step, norm))
+        object.__setattr__(self, "stages", tuple(built))
+        object.__setattr__(self, "sources", tuple(names))
+
+    # -- queries ---------------------------------------------------------------------------
+    def stage_index(self, step: int) -> int:
+        idx = 0
+        for i, st in enumerate(self.stages):
+            if st.start_step <= step:
+                idx = i
+        return idx
+
+    def weights_at(self, step: int) -> dict[str, float]:
+        return dict(self.stages[self.stage_index(step)].weights)
+
+    def stage_spans(self, steps: int) -> list[tuple[int, int, Stage]]:
+        """(start, end) of every stage that begins before ``steps``, end exclusive."""
+        spans = []
+        for i, st in enumerate(self.stages):
+            if st.start_step >= steps:
+                break
+            end = self.stages[i + 1].start_step if i + 1 < len(self.stages) else steps
+            spans.append((st.start_step, min(end, steps), st))
+        return spans
+
+    def expected_sequences(self, steps: int, batch_size: int) -> dict[str, float]:
+        """Weighted share of sequences each source gets over ``steps`` steps (not rounded)."""
+        out = {name: 0.0 for name in self.sources}
+        for start, end, st in self.stage_spans(steps):
+            for name, w in st.weights.items():
+                out[name] += w * batch_size * (end - start)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stages": [s.to_dict() for s in self.stages]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Schedule":
+        stages = data["stages"] if isinstance(data, Mapping) and "stages" in data else data
+        return cls(stages)
+
+    def renamed(self, mapping: Mapping[str, str]) -> "Schedule":
+        """The same schedule with sources renamed (e.g. target -> 'python')."""
+        return Schedule(
+            Stage(st.start_step, {mapping.get(k, k): w for k, w in st.weights.items()}) for st in self.stages
+        )
+
+
+# --------------------------------------------------------------------------------------
+# The paper's constructors
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetunePlan:
+    """A fine-tuning stage: ``steps`` steps, target weight 1 - rho."""
+
+    schedule: Schedule
+    steps: int
+    target_steps: int
+    epochs: float
+    replay: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "setting": "finetune",
+            "steps": self.steps,
+            "target_steps": self.target_steps,
+            "epochs": self.epochs,
+            "replay": self.replay,
+            **self.schedule.to_dict(),
+        }
+
+
+def finetune(target_steps: int, epochs: float, replay: float, *, target: str = TARGET, generic: str = GENERIC) -> FinetunePlan:
+    """Fine-tuning with replay fraction ``replay`` (rho).
+
+    The target data (``target_steps`` batches' worth) is seen ``epochs`` times whatever
+    rho is; the stage grows to ``target_steps * epochs / (1 - rho)`` steps, rounded up,
+    the extra steps being generic data. rho = 1 - 1/m for the paper's multipliers m.
+    """
+    if int(target_steps) != target_steps or target_steps < 1:
+        raise ScheduleError(f"target_steps must be a positive integer, got {target_steps}")
+    if not (epochs > 0 and math.isfinite(epochs)):
+        raise ScheduleError(f"epochs must be > 0, got {epochs}")
+    rho = _check_fraction("replay fraction rho", replay, low=0.0, high=1.0, high_open=True)
+    exact = target_steps * epochs / (1.0 - rho)
+    steps = max(1, math.ceil(exact - 1e-9))  # 1e-9: 16 * 64 / (1 - 0.75) is 4096, not 4096.0000001
+    weights = {target: 1.0 - rho, generic: rho} if rho > 0 else {target: 1.0, generic: 0.0}
+    return FinetunePlan(Schedule([Stage(0, weights)]), steps, int(target_steps), float(epochs), rho)
+
+
+@dataclass(frozen=True)
+class TwoStagePlan:
+    """Mid-training: Stage 1 (generic with a little target), then Stage 2 (target + replay)."""
+
+    schedule: Schedule
+    steps: int
+    gamma: float
+    replay: float
+    alpha: float
+    delta: float
+    switch_step: int
+    w1: float
+    w2: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "setting": "midtrain",
+            "steps": self.steps,
+            "gamma": self.gamma,
+            "replay": self.replay,
+            "alpha": self.alpha,
+            "delta": self.delta,
+            "switch_step": self.switch_step,
+            "stage1_target_weight": self.w1,
+            "stage2_target_weight": self.w2,
+            **self.schedule.to_dict(),
+        }
+
+
+def two_stage(
+    steps: int,
+    gamma: float,
+    replay: float,
+    alpha: float,
+    *,
+    target: str = TARGET,
+    generic: str = GENERIC,
+) -> TwoStagePlan:
+    """The paper's two-stage mid-training schedule (METHOD.md, "Mid-training").
+
+    Example: N = 1024, gamma = 1/32 (1 batch x 32 epochs), rho = 0.5, alpha = 1 gives
+    delta = 1/16, Stage 2 = the last 64 steps at 50 % target, Stage 1 pure generic.
+    """
+    if int(steps) != steps or steps < 1:
+        raise ScheduleError(f"steps must be a positive integer, got {steps}")
+    g = _check_fraction("target fraction gamma", gamma, low=0.0, high=1.0, high_open=False)
+    if g == 0:
+        raise ScheduleError("target fraction gamma must be > 0 (no target data in the run)")
+    rho = _check_fraction("replay fraction rho", replay, low=0.0, high=1.0, high_open=True)
+    a = _check_fraction("stage-2 allocation alpha", alpha, low=0.0, high=1.0, high_open=False)
+    delta = g * a / (1.0 - rho)
+    if delta > 1.0 + 1e-12:
+        raise ScheduleError(
+            f"stage 2 would be longer than the run: delta = gamma*alpha/(1-rho) = "
+            f"{g:g}*{a:g}/(1-{rho:g}) = {delta:.4g} > 1; lower gamma or alpha, or rho"
+        )
+    delta = min(delta, 1.0)
+    w2 = 1.0 - rho
+    switch = math.floor((1.0 - delta) * steps + 1e-9)
+    if delta >= 1.0 or switch <= 0:
+        # Stage 2 is the whole run; that needs all target data in it.
+        if a < 1.0:
+            raise ScheduleError(
+                f"delta = {delta:.4g} leaves no room for stage 1, yet alpha = {a:g} < 1 puts target data there"
+            )
+        w1 = 0.0
+        stages = [Stage(0, {target: w2, generic: rho})]
+        switch = 0
+    else:
+        w1 = g * (1.0 - a) / (1.0 - delta)
+        if w1 > 1.0 + 1e-12:
+            raise ScheduleError(f"stage 1 target weight w1 = {w1:.4g} > 1; lower gamma")
+        w1 = min(w1, 1.0)
+        stages = [Stage(0, {target: w1, generic: 1.0 - w1})]
+        if switch < steps:
+            stages.append(Stage(switch, {target: w2, generic: rho}))
+    return TwoStagePlan(Schedule(stages), int(steps), g, rho, a, delta, switch, w1, w2)
+
+
+def uniform(gamma: float, *, target: str = TARGET, generic: str = GENERIC) -> Schedule:
+    """Target mixed uniformly through the whole run at weight gamma (reference runs)."""
+    g = _check_fraction("target fraction gamma", gamma, low=0.0, high=1.0, high_open=False)
+    return Schedule([Stage(0, {target: g, generic: 1.0 - g})])
+
+
+def constant(source: str) -> Schedule:
+    """A single source for the whole run (pre-training on generic data)."""
+    return Schedule([Stage(0, {source: 1.0})])
+
+
+# --------------------------------------------------------------------------------------
+# Durations: data efficiency depends on exact token counts, so units are explicit.
+# --------------------------------------------------------------------------------------
+
+UNITS = ("steps", "sequences", "tokens")
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A length of training in steps, sequences or tokens (``"1000 steps"``, ``"4M tokens"``)."""
+
+    value: float
+    unit: str = "steps"
+
+    def __post_init__(self):
+        if self.unit not in UNITS:
+            raise ValueError(f"duration unit must be one of {UNITS}, got {self.unit!r}")
+        if self.value < 0:
+            raise ValueError(f"duration must be >= 0, got {self.value}")
+
+    @classmethod
+    def parse(cls, text: str | int | float) -> "Duration":
+        if isinstance(text, (int, float)):
+            return cls(float(text), "steps")
+        parts = str(text).strip().split()
+        if len(parts) == 1:
+            parts.append("steps")
+        if len(parts) != 2:
+            raise ValueError(f"cannot read duration {text!r}: write e.g. '1000 steps' or '4M tokens'")
+        num, unit = parts
+        scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}.get(num[-1], 1.0)
+        num = num[:-1] if scale != 1.0 else num
+        unit = unit if unit.endswith("s") else unit + "s"
+        return cls(float(num) * scale, unit)
+
+    def to_steps(self, batch_size: int, seq_len: int) -> int:
+        """Steps needed to cover this duration (rounded up)."""
+        return convert(self.value, self.unit, "steps", batch_size, seq_len)
+
+
+def convert(value: float, src: str, dst: str, batch_size: int, seq_len: int) -> int:
+    """Convert between steps, sequences and tokens; a step is ``batch_size`` sequences of
+    ``seq_len`` predicted tokens. Converting to a coarser unit rounds up."""
+    per = {"steps": batch_size * seq_len, "sequences": seq_len, "tokens": 1}
+    if src not in per or dst not in per:
+        raise ValueError(f"units must be among {UNITS}")
+    tokens = value * per[src]
+    return int(math.ceil(tokens / per[dst] - 1e-9))
+
+
+# --------------------------------------------------------------------------------------
+# Learning-rate schedules
+# --------------------------------------------------------------------------------------
+
+LR_SCHEDULES = ("cosine", "wsd", "constant", "linear")
+
+
+def lr_factor(step: int, total: int, *, kind: str = "cosine", warmup: float = 0.01, decay: float = 0.1, final_ratio: float = 0.0) -> float:
+    """Multiplier of the peak LR at ``step`` (0-based) of a phase of ``total`` steps.
+
+    Linear warmup over ``warmup`` of the steps (at least one step when warmup > 0), then
+    ``cosine`` decay to ``final_ratio``, ``wsd`` (constant, then linear decay over the
+    final fraction ``decay``), ``linear`` decay, or ``constant``.
+    """
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    warm = int(math.ceil(warmup * total)) if warmup > 0 else 0
+    if step < warm:
+        return (step + 1) / warm
+    if kind == "constant":
+        return 1.0
+    if kind == "wsd":
+        decay_steps = max(1, int(round(decay * total))) if decay > 0 else 0
+        start = total - decay_steps
+        if decay_steps == 0 or step < start:
+            return 1.0
+        frac = (step - start) / decay_steps
+        return 1.0 - (1.0 - final_ratio) * frac
+    span = max(1, total - warm)
+    frac = min(1.0, (step - warm) / span)
+    if kind == "linear":
+        return 1.0 - (1.0 - final_ratio) * frac
+    return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
