@@ -1,0 +1,329 @@
+"""Sweeps: grid expansion (pure), prefix-sharing plan, and a resumable executor.
+
+Grid expansion
+    A sweep file holds a ``base`` run config and a ``grid`` of dotted keys to value lists;
+    the runs are the cartesian product, each a full validated :class:`RunConfig`. A run's
+    directory is keyed by a hash of its resolved config, so an interrupted sweep resumes:
+    finished runs (``record.json`` present) are skipped, half-done ones resume from their
+    last checkpoint.
+
+Prefix sharing
+    Two runs that are identical for their first k steps (same initial weights, same
+    batches, same LR at every step) need that prefix computed once. The training engine
+    gives every run a chain of prefix fingerprints: ``sig[k]`` hashes everything that
+    determines the weights after k steps. Runs are ordered; each run branches from the
+    earlier run with which it shares the longest prefix, which saves a checkpoint at that
+    step. For any order, the steps computed equal the number of distinct prefixes (the
+    nodes of the trie of runs), the least possible. Branching is exact: the result is
+    bit-identical to the run computed alone (tests/test_sweep.py checks it end to end).
+
+Launchers
+    Runs execute one after another in this process by default (:class:`LocalLauncher`).
+    :class:`TorchrunLauncher` runs each under ``torchrun`` (one node, several GPUs), and
+    any object with a ``launch(task)`` method can be plugged in (e.g. one submitting a
+    cluster job running the same ``replaytune train`` command).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+import yaml
+
+from replaytune import config as cfgmod
+from replaytune.config import RunConfig
+from replaytune.errors import ConfigError
+
+# --------------------------------------------------------------------------------------
+# Grid expansion (pure)
+# --------------------------------------------------------------------------------------
+
+
+def expand_grid(base: Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every combination of ``grid`` values applied to ``base``: [(overrides, config dict)].
+
+    Keys are dotted paths as in ``--set`` (``phases.1.finetune.replay``); the first key
+    varies slowest. An empty grid gives the base alone.
+    """
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], (list, tuple)) or len(grid[k]) == 0:
+            raise ConfigError(f"grid.{k}: expected a non-empty list of values")
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        chosen = dict(zip(keys, values))
+        sets = [f"{k}={json.dumps(v)}" for k, v in chosen.items()]
+        out.append((chosen, cfgmod.apply_overrides(dict(base), sets)))
+    return out
+
+
+def run_key(cfg: RunConfig) -> str:
+    """Directory name of a run: its name plus a hash of everything but where it is written."""
+    data = cfg.model_dump(mode="json")
+    data.pop("out_dir", None)
+    return f"{cfg.name}-{cfgmod.config_hash(data)[:10]}"
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[list[RunConfig], Path]:
+    """Read a sweep file: ``{base: {...} or path, grid: {key: [values]}, out_dir: DIR}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or "base" not in spec:
+        raise ConfigError(f"{path}: a sweep needs 'base' (a run config or its path) and 'grid'")
+    base = spec["base"]
+    if isinstance(base, str):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base = yaml.safe_load(base_path.read_text())
+    base = cfgmod.apply_overrides(base, overrides or [])
+    out_dir = Path(spec.get("out_dir", f"runs/{path.stem}"))
+    configs = []
+    for chosen, data in expand_grid(base, spec.get("grid", {}) or {}):
+        name = data.get("name", "run") + "".join(f"_{k.split('.')[-1]}={v}" for k, v in chosen.items())
+        data["name"] = name
+        cfg = cfgmod.validate(data, f"{path} (grid point {chosen})")
+        configs.append(cfgmod._resolve_paths(cfg, path.parent))
+    return configs, out_dir
+
+
+# --------------------------------------------------------------------------------------
+# Prefix plan (pure, on signature chains)
+# --------------------------------------------------------------------------------------
+
+
+def common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
+    """Largest k with a[k] == b[k], for prefix-hash chains (equal at k implies equal below).
+
+    ``a[0]`` covers the initial state (model init, optimizer settings); k steps are shared
+    when ``a[k] == b[k]``. Binary search: chains are monotone in agreement.
+    """
+    hi = min(len(a), len(b)) - 1
+    if hi < 0 or a[0] != b[0]:
+        return -1
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[mid] == b[mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@dataclass
+class Task:
+    """One run of a sweep, with where it branches from and where others branch from it."""
+
+    index: int
+    cfg: RunConfig
+    run_dir: Path
+    steps: int
+    branch_from: int | None = None  # index of the task whose checkpoint we start from
+    branch_step: int = 0  # steps taken from that checkpoint
+    save_at: list[int] = field(default_factory=list)  # steps at which others branch from us
+
+    @property
+    def computed_steps(self) -> int:
+        return self.steps - self.branch_step
+
+
+def plan(signatures: Sequence[Sequence[str]], min_shared: int = 1) -> list[tuple[int | None, int]]:
+    """For each run (in order): (earlier run to branch from or None, shared steps).
+
+    ``signatures[i]`` is run i's prefix chain (length steps_i + 1). Branching needs at
+    least ``min_shared`` shared steps to be worth a checkpoint.
+    """
+    out: list[tuple[int | None, int]] = []
+    for i, sig in enumerate(signatures):
+        best, best_k = None, 0
+        for j in range(i):
+            k = common_prefix(sig, signatures[j])
+            if k > best_k:
+                best, best_k = j, k
+        out.append((best, best_k) if best_k >= min_shared else (None, 0))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Launchers and executor
+# --------------------------------------------------------------------------------------
+
+
+class Launcher(Protocol):
+    def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
+        """Run ``task`` to completion; return its record (the content of record.json)."""
+
+
+class LocalLauncher:
+    """Runs each task in this process through :func:`replaytune.train.loop.train`."""
+
+    def __init__(self, progress: bool = True):
+        self.progress = progress
+
+    def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
+        from replaytune.train.loop import train
+
+        return train(task.cfg, resume=True, init_from=init_from, save_at=task.save_at, progress=self.progress)
+
+
+class TorchrunLauncher:
+    """Runs each task as ``torchrun --nproc_per_node N -m replaytune.cli train ...``.
+
+    The resolved config is written to the run directory first; the command line is the
+    same one a cluster job script would run on each node (add ``--nnodes``, ``--node_rank``
+    and ``--rdzv_endpoint`` through ``extra``).
+    """
+
+    def __init__(self, nproc_per_node: int = 1, extra: Sequence[str] = ()):
+        self.nproc = nproc_per_node
+        self.extra = list(extra)
+
+    def command(self, task: Task, init_from: Path | None) -> list[str]:
+        cfg_path = task.run_dir / "sweep-config.yaml"
+        cmd = ["torchrun", f"--nproc_per_node={self.nproc}", *self.extra, "-m", "replaytune.cli", "train",
+               str(cfg_path), "--resume"]
+        if init_from is not None:
+            cmd += ["--init-from", str(init_from)]
+        if task.save_at:
+            cmd += ["--save-at", ",".join(str(s) for s in task.save_at)]
+        return cmd
+
+    def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
+        task.run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(task.run_dir / "sweep-config.yaml", cfgmod.dump_yaml(task.cfg))
+        cmd = self.command(task, init_from)
+        print("+", shlex.join(cmd), file=sys.stderr)
+        subprocess.run(cmd, check=True)
+        return json.loads((task.run_dir / "record.json").read_text())
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_tasks(
+    configs: Sequence[RunConfig],
+    out_dir: str | Path,
+    signatures: Callable[[RunConfig], Sequence[str]] | None = None,
+    share_prefixes: bool = True,
+) -> list[Task]:
+    """Assign run directories and the branching plan (no training happens here)."""
+    out_dir = Path(out_dir)
+    tasks = []
+    seen: dict[str, int] = {}
+    for i, cfg in enumerate(configs):
+        key = run_key(cfg)
+        if key in seen:
+            raise ConfigError(f"runs {seen[key]} and {i} of the sweep have the same config ({cfg.name})")
+        seen[key] = i
+        run_dir = out_dir / key
+        cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
+        tasks.append(Task(i, cfg, run_dir, steps=0))
+    if signatures is None:
+        from replaytune.train.loop import step_signatures as signatures  # type: ignore[no-redef]
+    sigs = [list(signatures(t.cfg)) for t in tasks]
+    for t, s in zip(tasks, sigs):
+        t.steps = len(s) - 1
+    if share_prefixes:
+        for t, (src, k) in zip(tasks, plan(sigs)):
+            if src is not None:
+                t.branch_from, t.branch_step = src, k
+                if k not in tasks[src].save_at:
+                    tasks[src].save_at.append(k)
+        for t in tasks:
+            t.save_at.sort()
+    return tasks
+
+
+@dataclass
+class SweepResult:
+    records: list[Mapping[str, Any]]
+    total_steps: int  # steps if every run were computed alone
+    computed_steps: int  # steps actually planned with prefix sharing
+    skipped: list[str]  # runs already finished before this call
+
+    @property
+    def saved_fraction(self) -> float:
+        return 1.0 - self.computed_steps / self.total_steps if self.total_steps else 0.0
+
+
+def branch_checkpoint(task: Task, step: int) -> Path:
+    """Where the checkpoint others branch from lives (kept, never rotated away)."""
+    return task.run_dir / "checkpoints" / f"step-{step:08d}"
+
+
+def execute(
+    tasks: Sequence[Task],
+    launcher: Launcher | None = None,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> SweepResult:
+    """Run every task in order, skipping finished ones, branching where planned."""
+    launcher = launcher or LocalLauncher()
+    records, skipped = [], []
+    total = sum(t.steps for t in tasks)
+    computed = sum(t.computed_steps for t in tasks)
+    t0 = time.time()
+    for n, task in enumerate(tasks, 1):
+        done = task.run_dir / "record.json"
+        needed = [s for s in task.save_at if not branch_checkpoint(task, s).exists()]
+        later_needs = any(
+            other.branch_from == task.index and not (other.run_dir / "record.json").exists() for other in tasks
+        )
+        if done.exists() and not (needed and later_needs):
+            records.append(json.loads(done.read_text()))
+            skipped.append(task.cfg.name)
+            log(f"[{n}/{len(tasks)}] {task.cfg.name}: finished earlier, skipped")
+            continue
+        init_from = None
+        if task.branch_from is not None:
+            ck = branch_checkpoint(tasks[task.branch_from], task.branch_step)
+            if ck.exists():
+                init_from = ck
+            else:
+                log(f"[{n}/{len(tasks)}] {task.cfg.name}: branch checkpoint {ck} missing, computing from scratch")
+        how = f"branching at step {task.branch_step} from {tasks[task.branch_from].cfg.name}" if init_from else "from scratch"
+        log(f"[{n}/{len(tasks)}] {task.cfg.name}: {task.steps} steps, {how} ({time.time() - t0:.0f} s elapsed)")
+        if done.exists():  # finished, but the branch checkpoints others need are gone: redo
+            done.unlink()
+        records.append(launcher.launch(task, init_from))
+    return SweepResult(records, total, computed, skipped)
+
+
+def write_summary(out_dir: Path, tasks: Sequence[Task], result: SweepResult) -> Path:
+    summary = {
+        "runs": [
+            {
+                "name": t.cfg.name,
+                "run_dir": str(t.run_dir),
+                "steps": t.steps,
+                "branch_from": tasks[t.branch_from].cfg.name if t.branch_from is not None else None,
+                "branch_step": t.branch_step,
+                "final": r.get("final"),
+            }
+            for t, r in zip(tasks, result.records)
+        ],
+        "steps_alone": result.total_steps,
+        "steps_computed": result.computed_steps,
+        "compute_saved": result.saved_fraction,
+    }
+    path = Path(out_dir) / "sweep.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(summary, indent=2))
+    return path
+
+
+def iter_records(paths: Iterable[Path]) -> Iterable[Mapping[str, Any]]:
+    for p in paths:
+        yield json.loads((Path(p) / "record.json").read_text())
