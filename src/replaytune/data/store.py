@@ -188,6 +188,29 @@ class StoreWriter:
         self._n[split] += len(arr)
         self._docs[split].append(self._n[split])
 
+    def add_many(self, split: str, docs: list[np.ndarray], masks: list[np.ndarray] | None = None) -> None:
+        """Append several documents (each ending with EOS) with one write per file."""
+        if not docs:
+            return
+        lengths = [len(d) for d in docs]
+        m = None
+        if self.loss_mask:
+            if masks is None:
+                m = np.ones(sum(lengths), np.uint8)
+            else:
+                if [len(x) for x in masks] != lengths:
+                    raise ValueError("mask and tokens differ in length")
+                m = np.concatenate([np.asarray(x, dtype=np.uint8) for x in masks])
+        # One contiguous buffer written through a memoryview: no extra copy of a long document.
+        arr = np.ascontiguousarray(docs[0], dtype=self.dtype) if len(docs) == 1 else \
+            np.concatenate([np.asarray(d, dtype=self.dtype) for d in docs])
+        self._files[split].write(memoryview(arr).cast("B"))
+        if m is not None:
+            self._masks[split].write(memoryview(m).cast("B"))
+        ends = self._n[split] + np.cumsum(lengths)
+        self._docs[split].extend(int(e) for e in ends)
+        self._n[split] = int(ends[-1])
+
     def count(self, split: str) -> int:
         return self._n[split]
 
