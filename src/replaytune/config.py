@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from replaytune import schedule as sched
 from replaytune.errors import ConfigError
@@ -47,17 +47,47 @@ class DataConfig(_Frozen):
     seed: int = Field(0, description="Data seed: fixes which sequences land in which batch.")
 
 
+# Kept here (plain data, no torch import) so that validation can name the allowed presets;
+# replaytune.model holds the architectures themselves.
+PRESET_NAMES = ("tiny", "small", "150m", "300m", "600m")
+
+
+class LoraSpec(_Frozen):
+    """Low-rank adapters (peft LoraConfig) instead of full fine-tuning."""
+
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' (every linear layer but the output head)."
+    )
+
+
 class ModelConfig(_Frozen):
     preset: str | None = Field(None, description="Named from-scratch architecture: tiny, small, 150m, 300m, 600m.")
     pretrained: str | None = Field(None, description="Local path or hub id of a Hugging Face causal LM to start from.")
+    gguf_file: str | None = Field(None, description="With pretrained: load this GGUF file of that folder/repo.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Fields of the transformers config to override.")
     init_seed: int = Field(0, description="Seed of the random initialization (from-scratch models).")
     tokenizer: str | None = Field(None, description="Tokenizer path; defaults to the one the stores were built with.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel (sdpa: PyTorch scaled_dot_product_attention)."
+    )
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value):
+        if value is not None and value not in PRESET_NAMES:
+            raise ValueError(f"unknown preset {value!r}; allowed: {', '.join(PRESET_NAMES)}")
+        return value
 
     @model_validator(mode="after")
     def _one_of(self):
         if (self.preset is None) == (self.pretrained is None):
             raise ValueError("set exactly one of model.preset or model.pretrained")
+        if self.gguf_file is not None and self.pretrained is None:
+            raise ValueError("model.gguf_file needs model.pretrained (the folder or repo holding it)")
         return self
 
 
@@ -146,15 +176,36 @@ class OptimConfig(_Frozen):
 
 
 class EvalConfig(_Frozen):
-    interval: int = Field(0, ge=0, description="Evaluate every N steps (0: only at phase ends).")
-    sequences: int = Field(64, ge=1, description="Held-out sequences per source per evaluation.")
-    batch_size: int = Field(32, ge=1, description="Sequences per evaluation forward pass.")
+    interval: int | None = Field(
+        None,
+        ge=0,
+        description="Evaluate every N steps; 0: only at phase ends and stage switches; "
+        "unset: chosen so evaluation costs about 5% of training time.",
+    )
+    sequences: int = Field(64, ge=1, description="Held-out sequences per source per evaluation (a fixed set).")
+    batch_size: int = Field(
+        32, ge=1, description="Sequences per evaluation forward pass (at most data.micro_batch_size when that is set)."
+    )
     train_loss: bool = Field(True, description="Also log training loss per source (from the batch's composition).")
+    at_start: bool = Field(False, description="Also evaluate the initial model (step 0).")
+    at_stage_switch: bool = Field(True, description="Also evaluate where a phase's mixture changes stage.")
 
 
 class CheckpointConfig(_Frozen):
     interval: int = Field(0, ge=0, description="Save every N steps (0: only at phase ends).")
-    keep: int = Field(2, ge=1, description="Keep the last K checkpoints.")
+    keep: int = Field(2, ge=1, description="Keep the last K checkpoints (save_at ones are never removed).")
+    save_at: list[int] = Field(
+        default_factory=list, description="Extra global steps to checkpoint and keep (branch points for prefix sharing)."
+    )
+    final_model: bool = Field(True, description="Save the final model with save_pretrained under out_dir/model.")
+
+    @field_validator("save_at")
+    @classmethod
+    def _positive(cls, value):
+        bad = [v for v in value if v < 1]
+        if bad:
+            raise ValueError(f"steps must be >= 1, got {bad}")
+        return sorted(set(value))
 
 
 class RunConfig(_Frozen):
@@ -171,6 +222,27 @@ class RunConfig(_Frozen):
     dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (GPU; costs a minute up front).")
     tensorboard: bool = Field(False, description="Also log to TensorBoard under out_dir/tb.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="With several processes (torchrun): replicate (ddp) or shard (fsdp) the model."
+    )
+    log_interval: int = Field(1, ge=1, description="Write a train line to metrics.jsonl every N steps.")
+    progress: bool = Field(True, description="Show a progress bar (rank 0).")
+
+    @model_validator(mode="after")
+    def _sources_known(self):
+        names = set(self.data.sources)
+        for i, phase in enumerate(self.phases):
+            try:
+                schedule, _, _ = phase.build()
+            except sched.ScheduleError as exc:
+                raise ValueError(f"phases.{i} ({phase.name}): {exc}") from None
+            unknown = [s for s in schedule.sources if s not in names]
+            if unknown:
+                raise ValueError(
+                    f"phases.{i} ({phase.name}): source {unknown[0]!r} is not in data.sources; "
+                    f"allowed: {', '.join(sorted(names))}"
+                )
+        return self
 
     def fingerprint(self) -> str:
         return config_hash(self.model_dump(mode="json"))
@@ -216,11 +288,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
         if err.get("type") == "literal_error" and "expected" in (err.get("ctx") or {}):
             msg = f"must be one of {err['ctx']['expected']}"
-        lines.append(f"{source}: field '{loc}': {msg}")
+        # A whole-model check (e.g. a phase naming an unknown source) names its field itself.
+        lines.append(f"{source}: field '{loc}': {msg}" if loc else f"{source}: {msg}")
     return "; ".join(lines)
 
 

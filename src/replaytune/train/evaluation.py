@@ -1,0 +1,121 @@
+"""Held-out loss per source, and the token-level loss both training and evaluation use.
+
+The evaluation set of a source is a fixed list of validation sequences: ``n = min(
+eval.sequences, sequences in the val split)`` ids spread evenly over the split
+(``id_j = floor(j * N_val / n)``), so every evaluation of every run with the same stores
+and seq_len scores exactly the same tokens. A source without validation sequences gets
+``null``. The loss is the mean cross-entropy over all target tokens of the set (tokens the
+store's loss mask excludes, e.g. chat prompts, are not targets).
+
+Cost: one evaluation is ``E`` forward sequences (``E`` summed over sources), a training step
+``B`` forward+backward sequences, about ``3 B`` forward-equivalents. The default interval
+(``eval.interval`` unset) allows ``n = floor(0.05 * 3 * N * B / E)`` evaluations (at most 50)
+over a run of N steps, i.e. about 5% of training time, on top of the ones at phase ends and
+stage switches. Example: N = 1024, B = 16, E = 2 x 64 gives n = 19, every 54 steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import numpy as np
+
+from replaytune.data.store import TokenSplit, TokenStore
+from replaytune.train.distributed import Dist, autocast
+
+IGNORE = -100  # target id that cross_entropy skips (masked-out tokens)
+EVAL_BUDGET = 0.05
+MAX_AUTO_EVALS = 50
+
+
+def eval_ids(split: TokenSplit, seq_len: int, count: int) -> np.ndarray:
+    """The fixed evaluation sequence ids of one split: ``count`` evenly spread ids."""
+    n_val = split.num_sequences(seq_len)
+    n = min(count, n_val)
+    return (np.arange(n, dtype=np.int64) * n_val) // max(n, 1)
+
+
+def eval_set(stores: Mapping[str, TokenStore], seq_len: int, count: int) -> dict[str, np.ndarray]:
+    return {name: eval_ids(store.val, seq_len, count) for name, store in stores.items()}
+
+
+def auto_interval(total_steps: int, batch_size: int, eval_sequences: int) -> int:
+    """Evaluation interval that keeps periodic evaluation near 5% of training time (0: none)."""
+    if eval_sequences <= 0 or total_steps <= 0:
+        return 0
+    n = min(MAX_AUTO_EVALS, math.floor(EVAL_BUDGET * 3 * total_steps * batch_size / eval_sequences))
+    return math.ceil(total_steps / n) if n >= 1 else 0
+
+
+def make_inputs(split: TokenSplit, ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs [n, L] and targets [n, L] (next tokens; IGNORE where the loss mask is 0)."""
+    seqs = split.sequences(ids, seq_len)
+    targets = seqs[:, 1:].copy()
+    masks = split.masks(ids, seq_len)
+    if masks is not None:
+        targets[~masks[:, 1:]] = IGNORE
+    return seqs[:, :-1], targets
+
+
+def sequence_losses(logits, targets):
+    """Summed cross-entropy of each sequence's target tokens, fp32: [n]."""
+    import torch.nn.functional as F
+
+    n, length, vocab = logits.shape
+    ce = F.cross_entropy(logits.reshape(n * length, vocab).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="none")
+    return ce.view(n, length).sum(dim=1)
+
+
+def evaluate(
+    model,
+    stores: Mapping[str, TokenStore],
+    ids: Mapping[str, np.ndarray],
+    *,
+    seq_len: int,
+    batch_size: int,
+    dist: Dist,
+    precision: str,
+    sharded: bool = False,
+) -> dict[str, float | None]:
+    """Mean held-out loss per source. Ranks split the sequences and sum their results.
+
+    Under FSDP every rank must run the same number of forward passes (each one gathers
+    parameters), so a rank whose share ran out runs the first sequence again at weight 0.
+    """
+    import torch
+
+    names = list(stores)
+    totals = torch.zeros(2 * len(names), dtype=torch.float64, device=dist.device)
+    was_training = model.training
+    model.eval()
+    grad_off = torch.no_grad() if sharded else torch.inference_mode()
+    with grad_off:
+        for j, name in enumerate(names):
+            src_ids = ids[name]
+            if len(src_ids) == 0:
+                continue
+            split = stores[name].val
+            step = batch_size * dist.world
+            for start in range(0, len(src_ids), step):
+                mine = src_ids[start + dist.rank * batch_size : start + (dist.rank + 1) * batch_size]
+                weight = 1.0
+                if len(mine) == 0:
+                    if not sharded:
+                        continue
+                    mine, weight = src_ids[:1], 0.0
+                x, y = make_inputs(split, mine, seq_len)
+                xt = torch.from_numpy(x).to(dist.device)
+                yt = torch.from_numpy(y).to(dist.device)
+                with autocast(dist.device, precision):
+                    logits = model(input_ids=xt, use_cache=False).logits
+                totals[j] += weight * sequence_losses(logits, yt).sum().double()
+                totals[len(names) + j] += weight * float((yt != IGNORE).sum())
+    if was_training:
+        model.train()
+    dist.all_reduce_sum(totals)
+    out: dict[str, float | None] = {}
+    for j, name in enumerate(names):
+        tok = float(totals[len(names) + j])
+        out[name] = float(totals[j]) / tok if tok > 0 else None
+    return out

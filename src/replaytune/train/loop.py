@@ -1,0 +1,498 @@
+"""The one training loop: pre-training, fine-tuning and mid-training are configurations of it.
+
+A run is a list of phases on one global step axis (see plan.py). For every update
+``s = 0 .. N-1``:
+
+1. at the start of a phase with ``reset_optimizer``: a fresh AdamW (zeroed moments, step
+   count 0) - together with the phase's own warmup this is the paper's "fresh optimizer,
+   re-warmed LR" of fine-tuning;
+2. ``lr = peak * lr_factor(phase_step, phase_steps, ...)``;
+3. the global batch from the phase's mixture; this rank takes its contiguous slice;
+4. forward/backward over micro-batches of ``data.micro_batch_size`` sequences. The loss of
+   the step is the mean over *all target tokens of the global batch*::
+
+       loss = sum over ranks, micro-batches and tokens of CE  /  T_global
+
+   Each micro-batch backpropagates ``sum(CE) * world / T_global`` (DDP/FSDP average
+   gradients over ranks, which removes the ``world``), so gradients equal those of one
+   batch of B sequences in one process whatever the memory split; a per-micro-batch mean
+   would weight tokens unequally when loss masks leave micro-batches with different counts;
+5. clip the global gradient norm, stop on a non-finite loss or gradient norm (before the
+   update: the last checkpoint stays the last good state), AdamW step;
+6. per-source training loss from the batch composition (every sequence's summed CE is
+   added to its source), metrics, evaluation, checkpoint, then callbacks.
+
+Weight decay (0.1) applies to matrices only (optim.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from replaytune.config import RunConfig, dump_yaml
+from replaytune.errors import ReplaytuneError
+from replaytune.model import build_model, is_peft, load_tokenizer, save_model
+from replaytune.train import checkpoint as ck
+from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
+from replaytune.train.evaluation import IGNORE, auto_interval, eval_set, evaluate, make_inputs, sequence_losses
+from replaytune.train.metrics import CONFIG, METRICS, RECORD, MetricsLog, Progress, atomic_write_json, atomic_write_text, clean, prefix_lines
+from replaytune.train.optim import make_optimizer
+from replaytune.train.plan import RunPlan, base_signature, chain, open_stores, step_signatures
+
+__all__ = ["Trainer", "TrainingError", "step_signatures", "train"]  # step_signatures: re-exported for sweep.py
+
+FINAL_WINDOW = 10  # record.final.train_loss: token-weighted mean over the last 10 updates
+
+
+class TrainingError(ReplaytuneError):
+    """Training cannot go on (diverged: NaN/inf loss)."""
+
+
+class Trainer:
+    """One run. ``Trainer(cfg).run()`` returns the record (also written to record.json).
+
+    Subclass hooks for other entry points (e.g. a practical fine-tuning command):
+    :meth:`build_model` (the raw model before wrapping). Callbacks are callables
+    ``f(trainer)`` run after each update's logging, evaluation and checkpoint; they see
+    ``trainer.step`` (updates completed), ``trainer.model`` (the raw model),
+    ``trainer.optimizer``, ``trainer.plan`` and ``trainer.last`` (the step's losses).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        out_dir: str | Path | None = None,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+        save_at: Iterable[int] = (),
+        callbacks: Sequence[Callable[["Trainer"], None]] = (),
+    ):
+        if out_dir is not None:
+            cfg = cfg.model_copy(update={"out_dir": str(out_dir)})
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out_dir)
+        self.resume = resume
+        self.init_from = Path(init_from) if init_from is not None else None
+        self.save_at = sorted(set(cfg.checkpoint.save_at) | {int(s) for s in save_at})
+        self.callbacks = list(callbacks)
+        self.step = 0
+        self.last: dict[str, Any] = {}
+        self.last_checkpoint: Path | None = None
+        self.metrics: MetricsLog | None = None
+        self.progress: Progress | None = None
+
+    # -- hooks ----------------------------------------------------------------------------
+    def build_model(self):
+        return build_model(self.cfg.model, vocab_size=self.plan.vocab_size, seq_len=self.cfg.data.seq_len, eos_id=self.plan.eos_id)
+
+    # -- entry ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.dist = setup(self.cfg.device)
+        try:
+            return self._run()
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            teardown(self.dist)
+
+    def _check_run_dir(self) -> dict[str, Any] | None:
+        """Rank 0 decides (a finished run, a refusal, or go) and tells the others."""
+        verdict: tuple[str, Any] = ("go", None)
+        if self.dist.is_main:
+            record = self.run_dir / RECORD
+            if self.resume:
+                if record.is_file():
+                    verdict = ("done", json.loads(record.read_text()))  # finished: nothing left to do
+                elif not ck.list_checkpoints(self.run_dir):
+                    # "resume if possible" (what a sweep executor wants): start from step 0
+                    warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting the run from step 0")
+            elif record.exists() or (self.run_dir / METRICS).exists() or ck.list_checkpoints(self.run_dir):
+                verdict = ("used", f"{self.run_dir} already holds a run; continue it with --resume or choose another --out")
+        kind, value = self.dist.broadcast(verdict)
+        if kind == "used":
+            raise ReplaytuneError(value)
+        return value if kind == "done" else None
+
+    def _run(self) -> dict[str, Any]:
+        import torch
+
+        cfg, dist = self.cfg, self.dist
+        done = self._check_run_dir()
+        if done is not None:
+            return done
+        self.precision = resolve_precision(cfg.dtype, dist.device)
+        if self.precision == "bf16" and dist.device == "cpu":
+            warnings.warn("dtype bf16 on CPU: bf16 autocast is ~12x slower than fp32 on CPUs without bf16 units")
+        self.stores = open_stores(cfg)
+        self.plan = plan = RunPlan(cfg, self.stores, precision=self.precision)
+        late = [s for s in self.save_at if s > plan.total_steps]
+        if late:
+            raise ReplaytuneError(f"checkpoint.save_at: step {late[0]} is beyond the run's {plan.total_steps} steps")
+        if cfg.data.batch_size % dist.world:
+            plan.rank_slice(0, None, dist.rank, dist.world)  # raises the explanatory ConfigError
+
+        torch.manual_seed(cfg.seed + dist.rank)
+        np.random.seed((cfg.seed + dist.rank) % 2**32)
+        import random
+
+        random.seed(cfg.seed + dist.rank)
+        self.model = self.build_model()
+        self.trainable_only = is_peft(self.model)
+        self.sharded = dist.enabled and cfg.parallel == "fsdp"
+        self.wrapped = wrap(self.model, dist, cfg.parallel, self.precision, compile=cfg.compile)
+        self.optimizer = make_optimizer(self.model, cfg.optim)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+        # -- where to start -----------------------------------------------------------------
+        source = None
+        if self.resume:
+            if dist.is_main:
+                ck.clean_temporaries(self.run_dir)
+            dist.barrier()
+            source = ck.latest_checkpoint(self.run_dir)
+        branch = source is None and self.init_from is not None
+        if branch:
+            source = ck.open_checkpoint(self.init_from)
+        self.execution = {"world": dist.world, "micro_batch_size": cfg.data.micro_batch_size, "parallel": cfg.parallel, "compile": cfg.compile}
+        self.acc = self._empty_acc()
+        self.window: deque = deque(maxlen=FINAL_WINDOW)
+        self.last_eval: dict[str, float | None] | None = None
+        elapsed0, train_time0 = 0.0, 0.0
+        if source is not None:
+            self.sig, self.entries = ck.check_compatible(source, plan)
+            for w in ck.execution_warnings(source, self.execution):
+                warnings.warn(w)
+            ck.restore_checkpoint(source, model=self.model, optimizer=self.optimizer, dist=dist, parallel=cfg.parallel, trainable_only=self.trainable_only)
+            st = source.state
+            self.step = source.step
+            self.acc = st["acc"]
+            self.window.extend(st["window"])
+            # a parent run's last evaluation counts only if it scored the same sequences
+            self.last_eval = st["last_eval"] if st.get("eval_signature") == self._eval_signature() else None
+            elapsed0, train_time0 = st["elapsed_s"], st["train_time_s"]
+            self.last_checkpoint = source.path
+        else:
+            self.sig, self.entries = base_signature(plan.base()), []
+
+        # -- records --------------------------------------------------------------------------
+        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=cfg.tensorboard)
+        if dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / CONFIG, dump_yaml(cfg))
+            if source is not None and not branch:
+                for w in self.metrics.open(truncate_to=source.state["metrics_offset"]):
+                    warnings.warn(w)
+            elif branch:
+                prefix = prefix_lines(source.run_dir / METRICS, source.state["metrics_offset"], self._relabel(source))
+                self.metrics.open(prefix=prefix)
+            else:
+                self.metrics.open()
+        dist.barrier()
+
+        self.eval_ids = eval_set(self.stores, cfg.data.seq_len, cfg.eval.sequences)
+        n_eval = sum(len(v) for v in self.eval_ids.values())
+        interval = cfg.eval.interval if cfg.eval.interval is not None else auto_interval(plan.total_steps, cfg.data.batch_size, n_eval)
+        self.eval_interval = interval
+        eval_steps = set(plan.phase_ends()) | (set(plan.stage_switches()) if cfg.eval.at_stage_switch else set())
+        ckpt_steps = set(plan.phase_ends()) | set(self.save_at)
+
+        self._t0 = time.perf_counter()
+        self._elapsed0 = elapsed0
+        self.train_time = train_time0
+        self.progress = Progress(plan.total_steps, self.step, enabled=dist.is_main and cfg.progress, desc=cfg.name)
+        if self.step == 0 and cfg.eval.at_start:
+            self._evaluate(0)
+        while self.step < plan.total_steps:
+            s = self.step
+            stats, lr = self._update(s)
+            self.step = done_steps = s + 1
+            self._account(stats, lr)
+            phase_end = done_steps in plan.phase_ends()
+            if done_steps % cfg.log_interval == 0 or phase_end:
+                self._log_train(lr)
+            if done_steps in eval_steps or (interval and done_steps % interval == 0):
+                self._evaluate(done_steps)
+            every = cfg.checkpoint.interval
+            if done_steps in ckpt_steps or (every and done_steps % every == 0):
+                self._save(done_steps)
+            for callback in self.callbacks:
+                callback(self)
+        self.progress.close()
+        if self.last_eval is None:
+            self._evaluate(self.step)
+        return self._finish()
+
+    # -- one update -------------------------------------------------------------------------
+    def _load(self, src: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        L = self.cfg.data.seq_len
+        x = np.empty((len(ids), L), dtype=np.int64)
+        y = np.empty((len(ids), L), dtype=np.int64)
+        for j in np.unique(src):
+            sel = src == j
+            x[sel], y[sel] = make_inputs(self.stores[self.plan.sources[j]].train, ids[sel], L)
+        return x, y
+
+    def _update(self, s: int):
+        import torch
+
+        cfg, dist, plan = self.cfg, self.dist, self.plan
+        phase, ps = plan.phase_at(s)
+        if plan.reset_at(s):
+            self.optimizer = make_optimizer(self.model, cfg.optim)
+        lr = phase.lr_at(ps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch, src = plan.global_batch(s)
+        entry = plan.step_entry(s, batch, src)
+        self.entries.append(entry)
+        self.sig = chain(self.sig, entry)
+        t0 = time.perf_counter()
+        sl = plan.rank_slice(s, batch, dist.rank, dist.world)
+        x, y = self._load(src[sl], batch.ids[sl])
+        dev = dist.device
+        xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+        src_t = torch.from_numpy(src[sl]).to(dev)
+        tok_seq = (yt != IGNORE).sum(dim=1)
+        if any(st.has_loss_mask for st in self.stores.values()):
+            total = dist.all_reduce_sum(tok_seq.sum().double().reshape(1))
+            t_global = float(total.item())
+        else:
+            t_global = float(cfg.data.batch_size * cfg.data.seq_len)
+        scale = dist.world / max(t_global, 1.0)
+        n = len(x)
+        micro = cfg.data.micro_batch_size or n
+        seq_loss = torch.zeros(n, dtype=torch.float32, device=dev)
+        for lo in range(0, n, micro):
+            hi = min(lo + micro, n)
+            with sync_context(self.wrapped, dist, cfg.parallel, hi == n):
+                with autocast(dev, self.precision):
+                    logits = self.wrapped(input_ids=xt[lo:hi], use_cache=False).logits
+                per_seq = sequence_losses(logits, yt[lo:hi])
+                (per_seq.sum() * scale).backward()
+            seq_loss[lo:hi] = per_seq.detach()
+        k = len(plan.sources)
+        stats = torch.zeros(2 * k, dtype=torch.float64, device=dev)
+        stats[:k].index_add_(0, src_t, seq_loss.double())
+        stats[k:].index_add_(0, src_t, tok_seq.double())
+        dist.all_reduce_sum(stats)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        stats = stats.cpu().numpy()
+        loss = float(stats[:k].sum() / max(stats[k:].sum(), 1.0))
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self._diverged(s, loss, norm, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.train_time += time.perf_counter() - t0
+        self.acc["time"] += time.perf_counter() - t0
+        return stats, lr
+
+    def _diverged(self, s: int, loss: float, norm: float, lr: float):
+        phase, ps = self.plan.phase_at(s)
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
+        last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
+        raise TrainingError(
+            f"training diverged at update {s + 1} (phase '{phase.name}', phase step {ps + 1}, lr {lr:.3g}): {what}; "
+            f"the update was not applied and {last}; lower phases.{phase.index}.lr.peak or check the data, then rerun "
+            f"(--resume continues from that checkpoint)"
+        )
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _empty_acc(self) -> dict[str, Any]:
+        k = len(self.cfg.data.sources)
+        return {"src_sum": [0.0] * k, "src_tok": [0.0] * k, "tokens": 0, "time": 0.0}
+
+    def _account(self, stats: np.ndarray, lr: float) -> None:
+        k = len(self.plan.sources)
+        sums, toks = [float(v) for v in stats[:k]], [float(v) for v in stats[k:]]
+        acc = self.acc
+        acc["src_sum"] = [a + b for a, b in zip(acc["src_sum"], sums)]
+        acc["src_tok"] = [a + b for a, b in zip(acc["src_tok"], toks)]
+        acc["tokens"] += self.cfg.data.batch_size * self.cfg.data.seq_len
+        self.window.append([sums, toks])
+        loss = sum(sums) / max(sum(toks), 1.0)
+        self.last = {"loss": loss, "lr": lr, "train_loss": self._per_source(sums, toks)}
+        rate = acc["tokens"] / acc["time"] if acc["time"] > 0 else 0.0
+        self.progress.update(loss, rate)
+
+    def _per_source(self, sums: Sequence[float], toks: Sequence[float]) -> dict[str, float | None]:
+        if not self.cfg.eval.train_loss:
+            return {name: None for name in self.plan.sources}
+        return {name: (clean(s / t) if t > 0 else None) for name, s, t in zip(self.plan.sources, sums, toks)}
+
+    def elapsed(self) -> float:
+        return self._elapsed0 + (time.perf_counter() - self._t0)
+
+    def _log_train(self, lr: float) -> None:
+        acc, plan, s = self.acc, self.plan, self.step
+        phase, ps = plan.position(s)
+        total_tok = sum(acc["src_tok"])
+        self.metrics.write(
+            {
+                "kind": "train",
+                "step": s,
+                "phase": phase.name,
+                "phase_step": ps,
+                "lr": lr,
+                "loss": clean(sum(acc["src_sum"]) / total_tok) if total_tok > 0 else None,
+                "train_loss": self._per_source(acc["src_sum"], acc["src_tok"]),
+                "tokens": plan.tokens_seen(s),
+                "epochs": plan.epochs_seen(s),
+                "tokens_per_s": acc["tokens"] / acc["time"] if acc["time"] > 0 else 0.0,
+                "elapsed_s": self.elapsed(),
+            }
+        )
+        self.acc = self._empty_acc()
+
+    def _evaluate(self, s: int) -> None:
+        res = evaluate(
+            self.wrapped if self.sharded else self.model,
+            self.stores,
+            self.eval_ids,
+            seq_len=self.cfg.data.seq_len,
+            # a micro-batch that fits training (activations kept for backward) fits inference
+            batch_size=min(self.cfg.eval.batch_size, self.cfg.data.micro_batch_size or self.cfg.eval.batch_size),
+            dist=self.dist,
+            precision=self.precision,
+            sharded=self.sharded,
+        )
+        self.last_eval = {k: clean(v) for k, v in res.items()}
+        phase, ps = self.plan.position(s)
+        self.metrics.write(
+            {"kind": "eval", "step": s, "phase": phase.name, "phase_step": ps, "eval": self.last_eval, "epochs": self.plan.epochs_seen(s)}
+        )
+        if self.progress is not None:
+            self.progress.write(f"step {s}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if v is not None))
+
+    def _eval_signature(self) -> str:
+        blob = {"sequences": self.cfg.eval.sequences, "seq_len": self.cfg.data.seq_len, "data": self.plan.data_fingerprints()}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _relabel(self, source: ck.Checkpoint):
+        """Relabel a parent run's lines with this run's phases; drop evals of another eval set."""
+        same_eval = source.state.get("eval_signature") == self._eval_signature()
+
+        def rename(rec: dict[str, Any]) -> dict[str, Any] | None:
+            if rec.get("kind") == "eval" and not same_eval:
+                return None
+            phase, ps = self.plan.position(int(rec["step"]))
+            return {**rec, "phase": phase.name, "phase_step": ps}
+
+        return rename
+
+    def _save(self, s: int) -> None:
+        state = {
+            "name": self.cfg.name,
+            "prefix": self.sig,
+            "base": self.plan.base(),
+            "config_fingerprint": self.cfg.fingerprint(),
+            "data": self.plan.data_fingerprints(),
+            "phases": [p.mixture.fingerprint() for p in self.plan.phases],
+            "metrics_offset": self.metrics.offset,
+            "acc": self.acc,
+            "window": list(self.window),
+            "last_eval": self.last_eval,
+            "elapsed_s": self.elapsed(),
+            "train_time_s": self.train_time,
+            "pinned": s in self.save_at,
+            "execution": self.execution,
+            "eval_signature": self._eval_signature(),
+        }
+        self.last_checkpoint = ck.save_checkpoint(
+            self.run_dir,
+            s,
+            model=self.wrapped if self.sharded else self.model,
+            optimizer=self.optimizer,
+            dist=self.dist,
+            parallel=self.cfg.parallel,
+            trainable_only=self.trainable_only,
+            state=state,
+            history=ck.history_of(self.entries),
+            keep=self.cfg.checkpoint.keep,
+        )
+
+    # -- end of run -------------------------------------------------------------------------
+    def _tokenizer(self):
+        cfg = self.cfg
+        candidates = [cfg.model.tokenizer, next(iter(self.stores.values())).tokenizer_path, cfg.model.pretrained]
+        for path in candidates:
+            if path and Path(path).expanduser().exists():
+                tok = load_tokenizer(path)
+                if tok is not None:
+                    return tok
+        return None
+
+    def _finish(self) -> dict[str, Any]:
+        cfg, plan, dist = self.cfg, self.plan, self.dist
+        if cfg.checkpoint.final_model:
+            sd = full_state_dict(self.wrapped, dist, cfg.parallel) if self.sharded else None
+            if dist.is_main:
+                save_model(self.model, self.run_dir / "model", tokenizer=self._tokenizer(), state_dict=sd)
+        sums = [sum(w[0][j] for w in self.window) for j in range(len(plan.sources))]
+        toks = [sum(w[1][j] for w in self.window) for j in range(len(plan.sources))]
+        tokens = plan.tokens_seen(plan.total_steps)
+        record = {
+            "name": cfg.name,
+            "config": cfg.model_dump(mode="json"),
+            "fingerprints": {
+                "config": cfg.fingerprint(),
+                "data": plan.data_fingerprints(),
+                "phases": [p.mixture.fingerprint() for p in plan.phases],
+            },
+            "phases": [
+                {"name": p.name, "start_step": p.start, "steps": p.steps, "schedule": p.description, "lr": p.lr.model_dump(mode="json")}
+                for p in plan.phases
+            ],
+            "final": {"eval": self.last_eval, "train_loss": self._per_source(sums, toks)},
+            "tokens": tokens,
+            "epochs": plan.epochs_seen(plan.total_steps),
+            "steps": plan.total_steps,
+            "wall_time_s": self.elapsed(),
+            "tokens_per_s": plan.total_steps * cfg.data.batch_size * cfg.data.seq_len / self.train_time if self.train_time > 0 else 0.0,
+        }
+        if dist.is_main:
+            atomic_write_json(self.run_dir / RECORD, record)  # last: marks the run finished
+        dist.barrier()
+        return record
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    save_at: Iterable[int] = (),
+    out_dir: str | Path | None = None,
+    callbacks: Sequence[Callable[[Trainer], None]] = (),
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train one run and return its record (the content of ``out_dir/record.json``).
+
+    Args:
+        cfg: the validated run config.
+        resume: continue from the newest checkpoint in ``out_dir``; a finished run just
+            returns its record, a run without checkpoints (or no ``out_dir`` yet) starts
+            from step 0, with a warning.
+        init_from: a checkpoint folder of *another* run to branch from; refused unless the
+            two runs' prefix fingerprints agree at its step (see plan.step_signatures).
+        save_at: extra steps to checkpoint and keep (added to ``checkpoint.save_at``).
+        out_dir: overrides ``cfg.out_dir``.
+        callbacks: ``f(trainer)`` after every update.
+        progress: overrides ``cfg.progress`` (the progress bar).
+    """
+    if progress is not None:
+        cfg = cfg.model_copy(update={"progress": bool(progress)})
+    return Trainer(cfg, out_dir=out_dir, resume=resume, init_from=init_from, save_at=save_at, callbacks=callbacks).run()

@@ -1,0 +1,192 @@
+"""Run records: metrics.jsonl lines, record.json, the resolved config, TensorBoard, progress bar.
+
+metrics.jsonl has one JSON object per line, written by rank 0 only:
+
+* train: ``{"kind": "train", "step", "phase", "phase_step", "lr", "loss", "train_loss": {src:
+  float|null}, "tokens": {src: int}, "epochs": {src: float}, "tokens_per_s", "elapsed_s"}``
+  where ``step`` counts optimizer steps completed (global over phases), ``phase_step`` those
+  completed in the phase, ``loss``/``train_loss`` are token-weighted means over the updates
+  since the previous train line (the step's own loss with ``log_interval: 1``), ``tokens``
+  and ``epochs`` are cumulative per source;
+* eval: ``{"kind": "eval", "step", "phase", "phase_step", "eval": {src: float|null},
+  "epochs": {src: float}}``.
+
+Exact resume: a checkpoint stores the byte length of metrics.jsonl when it was taken; a
+resumed run truncates the file to it (dropping lines, or half a line, written after the
+checkpoint by the killed process) and appends from there, so the file ends up as if the run
+had never stopped. Only ``tokens_per_s`` and ``elapsed_s`` depend on the wall clock.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from replaytune.errors import ConfigError
+
+METRICS = "metrics.jsonl"
+RECORD = "record.json"
+CONFIG = "config.yaml"
+TIMING_KEYS = ("tokens_per_s", "elapsed_s")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def clean(value: float | None) -> float | None:
+    """JSON has no NaN/inf: write null instead (a NaN loss stops the run anyway)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All complete lines of a metrics.jsonl (a torn last line is skipped)."""
+    out = []
+    p = Path(path)
+    if p.is_dir():
+        p = p / METRICS
+    with open(p) as f:
+        for line in f:
+            if line.endswith("\n"):
+                out.append(json.loads(line))
+    return out
+
+
+class MetricsLog:
+    """Appends metrics lines (rank 0); knows its byte offset for checkpoints."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = False):
+        self.path = Path(run_dir) / METRICS
+        self.enabled = enabled
+        self._f = None
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "tensorboard: true needs the tensorboard package: pip install 'replaytune[tensorboard]'"
+                ) from None
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def open(self, *, truncate_to: int | None = None, prefix: bytes = b"") -> list[str]:
+        """Start the file: fresh (with ``prefix``), or cut back to ``truncate_to`` bytes.
+
+        Returns warnings (a file shorter than the checkpoint says it was).
+        """
+        warnings: list[str] = []
+        if not self.enabled:
+            return warnings
+        if truncate_to is None:
+            with open(self.path, "wb") as f:
+                f.write(prefix)
+        else:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size < truncate_to:
+                warnings.append(f"{self.path} has {size} bytes, fewer than the {truncate_to} the checkpoint recorded")
+            else:
+                os.truncate(self.path, truncate_to)
+        self._f = open(self.path, "ab")
+        return warnings
+
+    @property
+    def offset(self) -> int:
+        return self._f.tell() if self._f is not None else 0
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        assert self._f is not None, "MetricsLog.open() first"
+        self._f.write((json.dumps(record) + "\n").encode())
+        self._f.flush()  # survives SIGKILL (the page cache does); fsync is left to the OS
+        if self._tb is not None:
+            self._tensorboard(record)
+
+    def _tensorboard(self, rec: Mapping[str, Any]) -> None:
+        step = rec["step"]
+        if rec["kind"] == "train":
+            self._tb.add_scalar("train/loss", rec["loss"], step) if rec["loss"] is not None else None
+            self._tb.add_scalar("train/lr", rec["lr"], step)
+            self._tb.add_scalar("train/tokens_per_s", rec["tokens_per_s"], step)
+            for src, v in rec["train_loss"].items():
+                if v is not None:
+                    self._tb.add_scalar(f"train_loss/{src}", v, step)
+        else:
+            for src, v in rec["eval"].items():
+                if v is not None:
+                    self._tb.add_scalar(f"eval/{src}", v, step)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def prefix_lines(source: Path, nbytes: int, rename) -> bytes:
+    """The first ``nbytes`` of another run's metrics.jsonl, each line passed through ``rename``.
+
+    Used when a run branches from another run's checkpoint: the shared steps' lines are the
+    same numbers, relabelled with this run's phase names.
+    """
+    if not source.is_file():
+        return b""
+    with open(source, "rb") as f:
+        head = f.read(nbytes)
+    out = []
+    for raw in head.splitlines(keepends=True):
+        if not raw.endswith(b"\n"):
+            break
+        rec = rename(json.loads(raw))
+        if rec is not None:
+            out.append((json.dumps(rec) + "\n").encode())
+    return b"".join(out)
+
+
+class Progress:
+    """A tqdm bar with step, loss and tokens/s; tqdm itself shows the time left."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, loss: float | None, tokens_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({"loss": f"{loss:.4f}" if loss is not None else "-", "tok/s": f"{tokens_per_s:,.0f}"}, refresh=False)
+            self.bar.update(1)
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,13 @@
+"""Test-wide settings: no network, quiet tokenizers, few threads (2 shared cores).
+
+Environment variables are set before any test imports transformers or torch: without
+HF_HUB_OFFLINE a hub lookup hangs 25-50 s before failing (ENVIRONMENT.md).
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch reads it at import; subprocesses inherit it
+os.environ.setdefault("MKL_NUM_THREADS", "1")

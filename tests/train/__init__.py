@@ -1,0 +1,1 @@
+"""Tests of the training engine (replaytune.train, replaytune.model, `replaytune train`)."""
