@@ -35,6 +35,10 @@ class _Frozen(BaseModel):
 class SourceConfig(_Frozen):
     store: str = Field(description="Path of a token store built by `replaytune prepare`.")
     max_epochs: float | None = Field(None, gt=0, description="Refuse schedules needing more passes over this source.")
+    sequences: int | None = Field(
+        None, ge=1, description="Use only the first N training sequences (fixes the unique data of a source, "
+        "e.g. one batch of target data); default: all of them."
+    )
 
 
 class DataConfig(_Frozen):
@@ -131,6 +135,10 @@ class PhaseConfig(_Frozen):
     uniform: UniformSpec | None = None
     lr: LRConfig = LRConfig()
     reset_optimizer: bool = Field(False, description="Fresh optimizer state and LR re-warm at this phase's start.")
+    seed: int | None = Field(
+        None, description="Mixture seed of this phase; default derived from data.seed and the phase index. "
+        "Varying it varies this phase's batches only (e.g. fine-tuning seeds after one shared pre-training)."
+    )
 
     @model_validator(mode="after")
     def _one_schedule(self):

@@ -86,3 +86,25 @@ def test_constant_lr_runs_of_different_length_share_their_common_steps(stores, t
     # warmup ceil(0.1 x 40) = ceil(0.065 x 60) = 4 steps; the short run's decay covers steps
     # 30..39 with factors 1 - (s - 30) / 10, so its LR first drops below the long run's at 31
     assert shared_prefix(short, long) == 31
+
+
+def test_source_sequence_limit_fixes_the_unique_data(stores, tmp_path):
+    cfg = _override(tiny_config(stores, tmp_path), "data.sources.target.sequences=8")
+    plan = RunPlan(cfg, open_stores(cfg))
+    assert plan.train_sequences["target"] == 8
+    ids = set()
+    for step in range(12, 20):
+        batch, src = plan.global_batch(step)
+        ids |= {int(i) for i, s in zip(batch.ids, src) if plan.sources[s] == "target"}
+    assert ids == set(range(8))  # 4 epochs over exactly the first 8 sequences
+    too_many = _override(cfg, "data.sources.target.sequences=100000")
+    with pytest.raises(config.ConfigError, match=r"data.sources.target.sequences: asks for 100000 sequences"):
+        RunPlan(too_many, open_stores(too_many))
+
+
+def test_phase_seed_varies_that_phase_only(stores, tmp_path):
+    a = tiny_config(stores, tmp_path)
+    b = _override(a, "phases.1.seed=7")
+    pa, pb = RunPlan(a, open_stores(a)), RunPlan(b, open_stores(b))
+    assert pb.phases[1].seed == 7 and pb.phases[0].seed == pa.phases[0].seed
+    assert shared_prefix(a, b) == 12  # the whole pre-training is shared, fine-tuning differs

@@ -115,14 +115,23 @@ class RunPlan:
         self.precision = precision
         self.vocab_size = max(s.vocab_size for s in self.stores.values())
         self.eos_id = next(iter(self.stores.values())).eos_id
-        sizes = {name: s.train.num_sequences(self.seq_len) for name, s in self.stores.items()}
+        sizes = {}
+        for name, store in self.stores.items():
+            available = store.train.num_sequences(self.seq_len)
+            limit = cfg.data.sources[name].sequences if name in cfg.data.sources else None
+            if limit is not None and limit > available:
+                raise ConfigError(
+                    f"data.sources.{name}.sequences: asks for {limit} sequences of length {self.seq_len} but "
+                    f"{store.path} has {available}; lower it or prepare more data"
+                )
+            sizes[name] = available if limit is None else limit
         self.train_sequences = sizes
         caps = {name: src.max_epochs for name, src in cfg.data.sources.items()}
         phases: list[PhasePlan] = []
         start = 0
         for i, pc in enumerate(cfg.phases):
             schedule, steps, description = pc.build()
-            seed = phase_seed(cfg.data.seed, i)
+            seed = phase_seed(cfg.data.seed, i) if pc.seed is None else int(pc.seed)
             try:
                 mixture = Mixture(schedule, sizes, self.batch_size, steps, seed=seed, max_epochs=caps)
             except ScheduleError as exc:
