@@ -99,6 +99,10 @@ class LRConfig(_Frozen):
     peak: float = Field(3e-4, gt=0, description="Peak learning rate.")
     schedule: Literal["cosine", "wsd", "constant", "linear"] = Field("cosine", description="Shape after warmup.")
     warmup: float = Field(0.01, ge=0, lt=1, description="Fraction of the phase's steps spent in linear warmup.")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Warmup length in steps (overrides warmup). Runs of different lengths with the same "
+        "warmup_steps and a WSD or constant schedule have the same LR up to their decay, so they can share a prefix."
+    )
     decay: float = Field(0.1, ge=0, le=1, description="WSD only: final fraction of steps with linear decay.")
     final_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of the peak.")
 
@@ -135,6 +139,10 @@ class PhaseConfig(_Frozen):
     uniform: UniformSpec | None = None
     lr: LRConfig = LRConfig()
     reset_optimizer: bool = Field(False, description="Fresh optimizer state and LR re-warm at this phase's start.")
+    eval_interval: int | None = Field(
+        None, ge=1, description="Evaluate every N steps of this phase (overrides eval.interval here), e.g. densely "
+        "during a short fine-tuning phase to see over-fitting across epochs."
+    )
     seed: int | None = Field(
         None, description="Mixture seed of this phase; default derived from data.seed and the phase index. "
         "Varying it varies this phase's batches only (e.g. fine-tuning seeds after one shared pre-training)."

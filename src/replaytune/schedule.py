@@ -333,7 +333,16 @@ def convert(value: float, src: str, dst: str, batch_size: int, seq_len: int) -> 
 LR_SCHEDULES = ("cosine", "wsd", "constant", "linear")
 
 
-def lr_factor(step: int, total: int, *, kind: str = "cosine", warmup: float = 0.01, decay: float = 0.1, final_ratio: float = 0.0) -> float:
+def lr_factor(
+    step: int,
+    total: int,
+    *,
+    kind: str = "cosine",
+    warmup: float = 0.01,
+    decay: float = 0.1,
+    final_ratio: float = 0.0,
+    warmup_steps: int | None = None,
+) -> float:
     """Multiplier of the peak LR at ``step`` (0-based) of a phase of ``total`` steps.
 
     Linear warmup over ``warmup`` of the steps (at least one step when warmup > 0), then
@@ -342,7 +351,10 @@ def lr_factor(step: int, total: int, *, kind: str = "cosine", warmup: float = 0.
     """
     if kind not in LR_SCHEDULES:
         raise ValueError(f"lr schedule must be one of {LR_SCHEDULES}, got {kind!r}")
-    warm = int(math.ceil(warmup * total)) if warmup > 0 else 0
+    if warmup_steps is not None:
+        warm = min(int(warmup_steps), total)
+    else:
+        warm = int(math.ceil(warmup * total)) if warmup > 0 else 0
     if step < warm:
         return (step + 1) / warm
     if kind == "constant":

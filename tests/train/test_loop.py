@@ -246,3 +246,13 @@ def test_tensorboard_without_the_package_says_how_to_install(stores, tmp_path):
         cfg = tiny_config(stores, tmp_path / "run", tensorboard=True, phases=[{"name": "p", "steps": 2, "constant": "generic"}])
         train(cfg)
         assert any((tmp_path / "run/tb").iterdir())
+
+
+def test_phase_eval_interval_evaluates_densely_inside_that_phase(stores, tmp_path):
+    from replaytune.train import read_metrics, train
+
+    cfg = tiny_config(stores, tmp_path / "run", eval={"interval": 0, "sequences": 8, "batch_size": 8})
+    cfg = config.validate(config.apply_overrides(cfg.model_dump(mode="json"), ["phases.1.eval_interval=2"]))
+    train(cfg)
+    steps = [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["kind"] == "eval"]
+    assert steps == [12, 14, 16, 18, 20]  # phase end of pre-training, then every 2 fine-tuning steps

@@ -108,3 +108,16 @@ def test_phase_seed_varies_that_phase_only(stores, tmp_path):
     pa, pb = RunPlan(a, open_stores(a)), RunPlan(b, open_stores(b))
     assert pb.phases[1].seed == 7 and pb.phases[0].seed == pa.phases[0].seed
     assert shared_prefix(a, b) == 12  # the whole pre-training is shared, fine-tuning differs
+
+
+def test_warmup_in_steps_lets_runs_of_different_length_share_their_prefix(stores, tmp_path):
+    # WSD pre-training of 12 vs 10 steps: with a 10 % warmup they differ from step 0
+    # (ceil(1.2) = 2 vs 1 warmup steps); with warmup_steps=2 they share until the shorter decays.
+    base = tiny_config(stores, tmp_path, phases=[{"name": "pre", "steps": 12, "constant": "generic",
+                                                  "lr": {"peak": 3e-3, "schedule": "wsd", "warmup": 0.1, "decay": 0.2}}])
+    short = _override(base, "phases.0.steps=10")
+    assert shared_prefix(base, short) == 0
+    a, b = _override(base, "phases.0.lr.warmup_steps=2"), _override(short, "phases.0.lr.warmup_steps=2")
+    # the 10-step run decays over its last 2 steps; the first of them still runs at the peak
+    assert shared_prefix(a, b) == 9
+    assert RunPlan(a, open_stores(a)).lr_at(0) == 3e-3 / 2

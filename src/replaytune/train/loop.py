@@ -222,7 +222,10 @@ class Trainer:
             phase_end = done_steps in plan.phase_ends()
             if done_steps % cfg.log_interval == 0 or phase_end:
                 self._log_train(lr)
-            if done_steps in eval_steps or (interval and done_steps % interval == 0):
+            phase, phase_step = plan.position(done_steps)
+            dense = cfg.phases[phase.index].eval_interval  # phase-relative override
+            periodic = phase_step % dense == 0 if dense else bool(interval) and done_steps % interval == 0
+            if done_steps in eval_steps or periodic:
                 self._evaluate(done_steps)
             every = cfg.checkpoint.interval
             if done_steps in ckpt_steps or (every and done_steps % every == 0):

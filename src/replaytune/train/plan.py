@@ -95,7 +95,8 @@ class PhasePlan:
     def lr_at(self, phase_step: int) -> float:
         lr = self.lr
         return lr.peak * lr_factor(
-            phase_step, self.steps, kind=lr.schedule, warmup=lr.warmup, decay=lr.decay, final_ratio=lr.final_ratio
+            phase_step, self.steps, kind=lr.schedule, warmup=lr.warmup, decay=lr.decay, final_ratio=lr.final_ratio,
+            warmup_steps=lr.warmup_steps,
         )
 
     def stage_switches(self) -> list[int]:
