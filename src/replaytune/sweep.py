@@ -167,13 +167,17 @@ class Launcher(Protocol):
 class LocalLauncher:
     """Runs each task in this process through :func:`replaytune.train.loop.train`."""
 
-    def __init__(self, progress: bool = True):
+    def __init__(self, progress: bool = True, callbacks: Sequence[Callable[[Any], None]] = ()):
         self.progress = progress
+        self.callbacks = list(callbacks)
 
     def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
-        from replaytune.train.loop import train
+        from replaytune.train import train
 
-        return train(task.cfg, resume=True, init_from=init_from, save_at=task.save_at, progress=self.progress)
+        # resume a run that was interrupted; a fresh run (no checkpoint yet) starts from its branch point
+        resume = (task.run_dir / "checkpoints").is_dir() and any((task.run_dir / "checkpoints").iterdir())
+        return train(task.cfg, resume=resume, init_from=None if resume else init_from, save_at=task.save_at,
+                     progress=self.progress, callbacks=self.callbacks)
 
 
 class TorchrunLauncher:
@@ -232,7 +236,7 @@ def build_tasks(
         cfg = cfg.model_copy(update={"out_dir": str(run_dir)})
         tasks.append(Task(i, cfg, run_dir, steps=0))
     if signatures is None:
-        from replaytune.train.loop import step_signatures as signatures  # type: ignore[no-redef]
+        from replaytune.train import step_signatures as signatures  # type: ignore[no-redef]
     sigs = [list(signatures(t.cfg)) for t in tasks]
     for t, s in zip(tasks, sigs):
         t.steps = len(s) - 1
