@@ -274,10 +274,16 @@ def execute(
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> SweepResult:
     """Run every task in order, skipping finished ones, branching where planned."""
-    launcher = launcher or LocalLauncher()
-    records, skipped = [], []
     total = sum(t.steps for t in tasks)
     computed = sum(t.computed_steps for t in tasks)
+    overall = None
+    if launcher is None:
+        # one bar over every step the sweep computes, beside each run's own bar
+        from tqdm.auto import tqdm
+
+        overall = tqdm(total=computed, desc="sweep", unit="step", position=1, leave=True, dynamic_ncols=True)
+        launcher = LocalLauncher(callbacks=[lambda trainer: overall.update(1)])
+    records, skipped = [], []
     t0 = time.time()
     for n, task in enumerate(tasks, 1):
         done = task.run_dir / "record.json"
@@ -302,6 +308,8 @@ def execute(
         if done.exists():  # finished, but the branch checkpoints others need are gone: redo
             done.unlink()
         records.append(launcher.launch(task, init_from))
+    if overall is not None:
+        overall.close()
     return SweepResult(records, total, computed, skipped)
 
 
