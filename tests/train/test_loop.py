@@ -17,7 +17,7 @@ from replaytune.train.evaluation import make_inputs
 
 TRAIN_KEYS = {"kind", "step", "phase", "phase_step", "lr", "loss", "train_loss", "tokens", "epochs", "tokens_per_s", "elapsed_s"}
 EVAL_KEYS = {"kind", "step", "phase", "phase_step", "eval", "epochs"}
-RECORD_KEYS = {"name", "config", "fingerprints", "phases", "final", "tokens", "epochs", "steps", "wall_time_s", "tokens_per_s"}
+RECORD_KEYS = {"name", "config", "fingerprints", "phases", "final", "tokens", "epochs", "steps", "wall_time_s", "train_time_s", "tokens_per_s"}
 
 
 def test_record_fields(reference):

@@ -464,6 +464,7 @@ class Trainer:
             "epochs": plan.epochs_seen(plan.total_steps),
             "steps": plan.total_steps,
             "wall_time_s": self.elapsed(),
+            "train_time_s": self.train_time,  # inside updates only: wall - train = evaluation, checkpoints, start-up
             "tokens_per_s": plan.total_steps * cfg.data.batch_size * cfg.data.seq_len / self.train_time if self.train_time > 0 else 0.0,
         }
         if dist.is_main:
