@@ -268,14 +268,44 @@ def branch_checkpoint(task: Task, step: int) -> Path:
     return task.run_dir / "checkpoints" / f"step-{step:08d}"
 
 
+def _decide(task: Task, tasks: Sequence[Task]) -> tuple[Mapping[str, Any] | None, Path | None, str]:
+    """(record if finished earlier, checkpoint to branch from, how it starts) for one task."""
+    done = task.run_dir / "record.json"
+    needed = [s for s in task.save_at if not branch_checkpoint(task, s).exists()]
+    later_needs = any(o.branch_from == task.index and not (o.run_dir / "record.json").exists() for o in tasks)
+    if done.exists() and not (needed and later_needs):
+        return json.loads(done.read_text()), None, "finished earlier, skipped"
+    init_from, how = None, "from scratch"
+    if task.branch_from is not None:
+        ck = branch_checkpoint(tasks[task.branch_from], task.branch_step)
+        if ck.exists():
+            init_from = ck
+            how = f"branching at step {task.branch_step} from {tasks[task.branch_from].cfg.name}"
+        else:
+            how = f"branch checkpoint {ck} missing, computing from scratch"
+    if done.exists():  # finished, but checkpoints that later runs branch from are gone: redo it
+        done.unlink()
+    return None, init_from, how
+
+
 def execute(
     tasks: Sequence[Task],
     launcher: Launcher | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+    workers: int = 1,
 ) -> SweepResult:
-    """Run every task in order, skipping finished ones, branching where planned."""
+    """Run every task, skipping finished ones, branching where planned.
+
+    With ``workers > 1`` (and no custom launcher) runs go to that many processes, one torch
+    thread each; a run starts once the run it branches from has finished. On 2 cores two
+    single-threaded processes train tiny models faster than one process with two threads
+    (BENCHMARKS.md). Floating-point results depend on the thread count, so a sweep is
+    bit-reproducible for a fixed ``workers`` setting.
+    """
     total = sum(t.steps for t in tasks)
     computed = sum(t.computed_steps for t in tasks)
+    if workers > 1 and launcher is None:
+        return _execute_parallel(tasks, workers, log, total, computed)
     overall = None
     if launcher is None:
         # one bar over every step the sweep computes, beside each run's own bar
@@ -286,31 +316,76 @@ def execute(
     records, skipped = [], []
     t0 = time.time()
     for n, task in enumerate(tasks, 1):
-        done = task.run_dir / "record.json"
-        needed = [s for s in task.save_at if not branch_checkpoint(task, s).exists()]
-        later_needs = any(
-            other.branch_from == task.index and not (other.run_dir / "record.json").exists() for other in tasks
-        )
-        if done.exists() and not (needed and later_needs):
-            records.append(json.loads(done.read_text()))
-            skipped.append(task.cfg.name)
-            log(f"[{n}/{len(tasks)}] {task.cfg.name}: finished earlier, skipped")
-            continue
-        init_from = None
-        if task.branch_from is not None:
-            ck = branch_checkpoint(tasks[task.branch_from], task.branch_step)
-            if ck.exists():
-                init_from = ck
-            else:
-                log(f"[{n}/{len(tasks)}] {task.cfg.name}: branch checkpoint {ck} missing, computing from scratch")
-        how = f"branching at step {task.branch_step} from {tasks[task.branch_from].cfg.name}" if init_from else "from scratch"
+        record, init_from, how = _decide(task, tasks)
         log(f"[{n}/{len(tasks)}] {task.cfg.name}: {task.steps} steps, {how} ({time.time() - t0:.0f} s elapsed)")
-        if done.exists():  # finished, but the branch checkpoints others need are gone: redo
-            done.unlink()
+        if record is not None:
+            records.append(record)
+            skipped.append(task.cfg.name)
+            continue
         records.append(launcher.launch(task, init_from))
     if overall is not None:
         overall.close()
     return SweepResult(records, total, computed, skipped)
+
+
+def _worker_train(cfg_json: str, init_from: str | None, save_at: list[int]) -> dict[str, Any]:
+    """Entry point of a sweep worker process (spawned: no state shared with the parent)."""
+    import torch
+
+    from replaytune.config import RunConfig
+    from replaytune.train import train
+
+    torch.set_num_threads(1)
+    cfg = RunConfig.model_validate_json(cfg_json)
+    ck = Path(cfg.out_dir) / "checkpoints"
+    resume = ck.is_dir() and any(ck.iterdir())
+    return train(cfg, resume=resume, init_from=None if resume or init_from is None else Path(init_from),
+                 save_at=save_at, progress=False)
+
+
+def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], None], total: int, computed: int) -> SweepResult:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from tqdm.auto import tqdm
+
+    records: dict[int, Mapping[str, Any]] = {}
+    skipped: list[str] = []
+    waiting = list(range(len(tasks)))
+    running: dict[Any, int] = {}
+    t0 = time.time()
+    bar = tqdm(total=computed, desc=f"sweep ({workers} workers)", unit="step", dynamic_ncols=True)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        while waiting or running:
+            for i in list(waiting):
+                task = tasks[i]
+                parent = task.branch_from
+                if parent is not None and parent not in records:
+                    continue  # its branch point is not computed yet
+                if len(running) >= workers:
+                    break
+                waiting.remove(i)
+                record, init_from, how = _decide(task, tasks)
+                log(f"[{i + 1}/{len(tasks)}] {task.cfg.name}: {task.steps} steps, {how} ({time.time() - t0:.0f} s elapsed)")
+                if record is not None:
+                    records[i] = record
+                    skipped.append(task.cfg.name)
+                    bar.update(task.computed_steps)
+                    continue
+                fut = pool.submit(_worker_train, task.cfg.model_dump_json(), str(init_from) if init_from else None,
+                                  list(task.save_at))
+                running[fut] = i
+            if not running:
+                if waiting:  # cannot happen: a run only branches from an earlier one
+                    raise RuntimeError(f"sweep stalled: {[tasks[i].cfg.name for i in waiting]} wait on unfinished runs")
+                continue
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = running.pop(fut)
+                records[i] = fut.result()  # a failed run raises here, with its own message
+                bar.update(tasks[i].computed_steps)
+    bar.close()
+    return SweepResult([records[i] for i in range(len(tasks))], total, computed, skipped)
 
 
 def write_summary(out_dir: Path, tasks: Sequence[Task], result: SweepResult) -> Path:

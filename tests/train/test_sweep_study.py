@@ -79,3 +79,14 @@ def test_study_writes_results_and_report(stores, tmp_path):
     assert saved["compute"]["steps_computed"] < saved["compute"]["steps_alone"]
     written = report.build_report(out)
     assert (out / "report.md") in written and len([p for p in written if p.suffix == ".png"]) >= 3
+
+
+def test_parallel_workers_give_the_same_runs_as_one_process_with_one_thread(stores, tmp_path):
+    import torch
+
+    cfg = _study(stores, midtrain=None, reference=None, seeds=[0])
+    configs = [c for _, c in study.build_runs(cfg)]
+    par = sweep.execute(sweep.build_tasks(configs, tmp_path / "par"), workers=2)
+    assert torch.get_num_threads() == 1  # tests run single-threaded (tests/train/conftest.py)
+    seq = sweep.execute(sweep.build_tasks(configs, tmp_path / "seq"), sweep.LocalLauncher(progress=False))
+    assert [r["final"]["eval"] for r in par.records] == [r["final"]["eval"] for r in seq.records]
