@@ -36,8 +36,12 @@ class SourceConfig(_Frozen):
     store: str = Field(description="Path of a token store built by `replaytune prepare`.")
     max_epochs: float | None = Field(None, gt=0, description="Refuse schedules needing more passes over this source.")
     sequences: int | None = Field(
-        None, ge=1, description="Use only the first N training sequences (fixes the unique data of a source, "
-        "e.g. one batch of target data); default: all of them."
+        None, ge=1, description="Use only N training sequences, from `first` on (fixes the unique data of a "
+        "source, e.g. one batch of target data); default: all of them."
+    )
+    first: int = Field(
+        0, ge=0, description="Index of the first training sequence used: disjoint ranges give independent "
+        "draws of the unique data (seed-to-seed noise of which target data one has)."
     )
 
 

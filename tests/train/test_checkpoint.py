@@ -48,7 +48,7 @@ def _same_weights(a, b):
 
 
 def _comparable(record):
-    out = {k: v for k, v in record.items() if k not in ("wall_time_s", "tokens_per_s", "config", "fingerprints")}
+    out = {k: v for k, v in record.items() if k not in ("wall_time_s", "train_time_s", "tokens_per_s", "config", "fingerprints")}
     return json.loads(json.dumps(out))
 
 

@@ -98,7 +98,7 @@ def test_source_sequence_limit_fixes_the_unique_data(stores, tmp_path):
         ids |= {int(i) for i, s in zip(batch.ids, src) if plan.sources[s] == "target"}
     assert ids == set(range(8))  # 4 epochs over exactly the first 8 sequences
     too_many = _override(cfg, "data.sources.target.sequences=100000")
-    with pytest.raises(config.ConfigError, match=r"data.sources.target.sequences: asks for 100000 sequences"):
+    with pytest.raises(config.ConfigError, match=r"data.sources.target: asks for 100000 sequences"):
         RunPlan(too_many, open_stores(too_many))
 
 
@@ -121,3 +121,15 @@ def test_warmup_in_steps_lets_runs_of_different_length_share_their_prefix(stores
     # the 10-step run decays over its last 2 steps; the first of them still runs at the peak
     assert shared_prefix(a, b) == 9
     assert RunPlan(a, open_stores(a)).lr_at(0) == 3e-3 / 2
+
+
+def test_first_shifts_the_unique_data_and_changes_the_signature(stores, tmp_path):
+    a = _override(tiny_config(stores, tmp_path), "data.sources.target.sequences=4")
+    b = _override(a, "data.sources.target.first=4")
+    pa, pb = RunPlan(a, open_stores(a)), RunPlan(b, open_stores(b))
+    assert pb.first["target"] == 4 and pb.train_sequences["target"] == 4
+    assert np.array_equal(pa.global_batch(12)[0].ids, pb.global_batch(12)[0].ids)  # same mixture ids ...
+    assert shared_prefix(a, b) == 12  # ... but other sequences: fine-tuning steps differ
+    with pytest.raises(config.ConfigError, match="from sequence 1000 on"):
+        bad = _override(a, "data.sources.target.first=1000")
+        RunPlan(bad, open_stores(bad))

@@ -244,7 +244,8 @@ class Trainer:
         y = np.empty((len(ids), L), dtype=np.int64)
         for j in np.unique(src):
             sel = src == j
-            x[sel], y[sel] = make_inputs(self.stores[self.plan.sources[j]].train, ids[sel], L)
+            name = self.plan.sources[j]
+            x[sel], y[sel] = make_inputs(self.stores[name].train, ids[sel] + self.plan.first[name], L)
         return x, y
 
     def _update(self, s: int):

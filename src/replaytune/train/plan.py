@@ -117,13 +117,16 @@ class RunPlan:
         self.vocab_size = max(s.vocab_size for s in self.stores.values())
         self.eos_id = next(iter(self.stores.values())).eos_id
         sizes = {}
+        # mixture id i of a source is its training sequence first + i
+        self.first = {name: cfg.data.sources[name].first for name in self.stores}
         for name, store in self.stores.items():
-            available = store.train.num_sequences(self.seq_len)
-            limit = cfg.data.sources[name].sequences if name in cfg.data.sources else None
-            if limit is not None and limit > available:
+            available = store.train.num_sequences(self.seq_len) - self.first[name]
+            limit = cfg.data.sources[name].sequences
+            if available <= 0 or (limit is not None and limit > available):
                 raise ConfigError(
-                    f"data.sources.{name}.sequences: asks for {limit} sequences of length {self.seq_len} but "
-                    f"{store.path} has {available}; lower it or prepare more data"
+                    f"data.sources.{name}: asks for {limit or 'all'} sequences of length {self.seq_len} from sequence "
+                    f"{self.first[name]} on, but {store.path} has {store.train.num_sequences(self.seq_len)}; "
+                    "lower sequences/first or prepare more data"
                 )
             sizes[name] = available if limit is None else limit
         self.train_sequences = sizes
@@ -228,7 +231,9 @@ class RunPlan:
         """What update ``step`` does: {"reset": bool, "lr": float, "batch": hash}."""
         if batch is None or src is None:
             batch, src = self.global_batch(step)
-        names = [[n, self.stores[n].fingerprint] for n in self.sources]
+        # a source's offset matters only in steps that draw from it
+        drawn = set(np.unique(src).tolist())
+        names = [[n, self.stores[n].fingerprint, self.first[n] if i in drawn else 0] for i, n in enumerate(self.sources)]
         digest = _hash(names, np.ascontiguousarray(src, dtype="<i8").tobytes(), np.ascontiguousarray(batch.ids, dtype="<i8").tobytes())
         return {"reset": self.reset_at(step), "lr": self.lr_at(step), "batch": digest[:16]}
 
