@@ -135,7 +135,7 @@ def demo_study(data: DemoData, target: str, *, full: bool, quick: bool = False) 
         "target_batches": 1,
         "seeds": [0] if quick else DEMO_SEEDS,
         "pretrain": {"lr": 3e-3, "schedule": "wsd", "warmup": 0.01, "decay": 0.1},
-        "finetune": {"epochs": 8 if quick else FT_EPOCHS, "replay": [0.0, 0.5, 0.75], "lrs": [1e-3] if quick else FT_LRS},
+        "finetune": {"epochs": 8 if quick else FT_EPOCHS, "replay": [0.0, 0.5, 0.75], "lrs": [3e-4] if quick else FT_LRS},
         "midtrain": {"epochs": 8 if quick else MT_EPOCHS, "replay": [0.0, 0.25, 0.5, 0.75], "alpha": [1.0, 0.25], "lr": 3e-3},
         "reference": {"target_batches": [0.5, 1, 2, 4]},
         "eval": {"interval": 0, "sequences": 64, "batch_size": 64},
@@ -151,10 +151,11 @@ DEMO_STEPS = 512
 DEMO_SEEDS = [0, 1, 2]
 FT_EPOCHS = 32
 MT_EPOCHS = 32
-FT_LRS = [3e-4, 1e-3]
+FT_LRS = [1e-4, 3e-4]
 
 
-def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] | None = None, quick: bool = False) -> dict[str, Any]:
+def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] | None = None, quick: bool = False,
+             workers: int = 2) -> dict[str, Any]:
     from replaytune import report, study
 
     out = Path(out)
@@ -168,7 +169,7 @@ def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] 
         where = out if i == 0 else out / name
         plans.append((demo_study(data, name, full=(i == 0), quick=quick), where))
         _say(f"target '{name}': {'full study' if i == 0 else 'fine-tuning comparison'} -> {where}")
-    all_results = study.run_studies(plans, out / "runs")
+    all_results = study.run_studies(plans, out / "runs", workers=workers)
     for (cfg, where), results in zip(plans, all_results):
         report.build_report(where)
         summary["targets"][cfg.target_name] = {"dir": str(where), "multipliers": results["multipliers"]}

@@ -59,6 +59,10 @@ class MidtrainGrid(_Frozen):
     epochs: float = Field(32, gt=0, description="Passes over the target data (gamma = T * epochs / steps).")
     replay: list[float] = Field([0.0, 0.25, 0.5, 0.75], description="Stage 2 replay fractions rho.")
     alpha: list[float] = Field([1.0, 0.25], description="Share of target data placed in Stage 2.")
+    seed_alphas: list[float] = Field(
+        [1.0], description="Alphas run with every seed of `seeds` (cheap for alpha = 1: the runs share Stage 1); "
+        "the others run with the first seed only."
+    )
     lr: float = Field(3e-3, gt=0, description="Peak LR of the single WSD schedule.")
     decay: float = 0.1
     warmup: float = 0.01
@@ -79,7 +83,10 @@ class StudyConfig(_Frozen):
     batch_size: int = 16
     steps: int = Field(512, ge=8, description="Total steps N of every run (the fixed budget).")
     target_batches: int = Field(1, ge=1, description="Unique target data T of the method runs, in batches.")
-    seeds: list[int] = Field([0], description="Fine-tuning data seeds (seed-to-seed noise).")
+    seeds: list[int] = Field(
+        [0], description="Seeds: seed s uses the s-th disjoint draw of unique target data (and its own fine-tuning "
+        "order); fine-tuning runs and mid-training runs with alpha in midtrain.seed_alphas use them all."
+    )
     pretrain: PretrainSpec = PretrainSpec()
     finetune: FinetuneGrid | None = FinetuneGrid()
     midtrain: MidtrainGrid | None = MidtrainGrid()
@@ -95,7 +102,7 @@ def _lr(peak: float, kind: str, warmup: float, decay: float = 0.1, warmup_steps:
     return out
 
 
-def _base(study: StudyConfig, name: str, target_sequences: int) -> dict[str, Any]:
+def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) -> dict[str, Any]:
     return {
         "name": name,
         "model": study.model.model_dump(mode="json", exclude_none=True),
@@ -103,7 +110,7 @@ def _base(study: StudyConfig, name: str, target_sequences: int) -> dict[str, Any
             "seq_len": study.seq_len,
             "batch_size": study.batch_size,
             "sources": {
-                study.target_name: {"store": study.target_store, "sequences": target_sequences},
+                study.target_name: {"store": study.target_store, "sequences": target_sequences, "first": first},
                 study.generic_name: {"store": study.generic_store},
             },
         },
@@ -131,7 +138,8 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
             for lr in ft.lrs:
                 for seed in study.seeds:
                     name = f"ft_rho{rho:g}_lr{lr:g}_s{seed}"
-                    d = _base(study, name, T * B)
+                    # seed s: the s-th disjoint draw of unique target data, and its own fine-tuning order
+                    d = _base(study, name, T * B, first=seed * T * B)
                     d["phases"] = [
                         {"name": "pretrain", "steps": N - plan.steps, "constant": study.generic_name,
                          "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)},
@@ -150,13 +158,18 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
         for alpha in mt.alpha:
             for rho in mt.replay:
                 plan = sched.two_stage(N, gamma, rho, alpha)
-                name = f"mt_rho{rho:g}_alpha{alpha:g}"
-                d = _base(study, name, T * B)
-                d["phases"] = [{"name": "midtrain", "steps": N, "two_stage": {"gamma": gamma, "replay": rho, "alpha": alpha, **names},
-                                "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
-                labels = {"setting": "midtrain", "rho": rho, "alpha": alpha, "lr": mt.lr, "x": T, "seed": 0,
-                          "switch_step": plan.switch_step}
-                runs.append((labels, validate(d, f"study run {name}")))
+                seeds = study.seeds if alpha in mt.seed_alphas else study.seeds[:1]
+                for seed in seeds:
+                    # seeds draw other unique target data; Stage 1 batches stay the same, so the
+                    # alpha = 1 runs of every seed still share their pure-generic Stage 1
+                    name = f"mt_rho{rho:g}_alpha{alpha:g}" + (f"_s{seed}" if len(seeds) > 1 else "")
+                    d = _base(study, name, T * B, first=seed * T * B)
+                    d["phases"] = [{"name": "midtrain", "steps": N,
+                                    "two_stage": {"gamma": gamma, "replay": rho, "alpha": alpha, **names},
+                                    "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
+                    labels = {"setting": "midtrain", "rho": rho, "alpha": alpha, "lr": mt.lr, "x": T, "seed": seed,
+                              "switch_step": plan.switch_step}
+                    runs.append((labels, validate(d, f"study run {name}")))
     if study.reference is not None:
         mt = study.midtrain or MidtrainGrid()
         for x in study.reference.target_batches:
@@ -296,13 +309,15 @@ def load_study(path: str | Path | None, overrides: list[str] | None = None, pres
         raise
 
 
-def run_study(study: StudyConfig, out_dir: str | Path, *, share_prefixes: bool = True, launcher=None) -> dict[str, Any]:
+def run_study(study: StudyConfig, out_dir: str | Path, *, share_prefixes: bool = True, launcher=None,
+              workers: int = 1) -> dict[str, Any]:
     """Run (or resume) every run of the study, then write results.json."""
-    return run_studies([(study, Path(out_dir))], Path(out_dir) / "runs", share_prefixes=share_prefixes, launcher=launcher)[0]
+    return run_studies([(study, Path(out_dir))], Path(out_dir) / "runs", share_prefixes=share_prefixes,
+                       launcher=launcher, workers=workers)[0]
 
 
 def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *, share_prefixes: bool = True,
-                launcher=None) -> list[dict[str, Any]]:
+                launcher=None, workers: int = 1) -> list[dict[str, Any]]:
     """Several studies planned as one sweep, so that identical prefixes are computed once even
     across studies (two target domains share their generic pre-training), then one
     results.json per study in its own directory."""
@@ -314,7 +329,7 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
         sweep._atomic_write(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
         labelled_all += [(i, labels, cfg) for labels, cfg in build_runs(study)]
     tasks = sweep.build_tasks([cfg for _, _, cfg in labelled_all], runs_dir, share_prefixes=share_prefixes)
-    result = sweep.execute(tasks, launcher)
+    result = sweep.execute(tasks, launcher, workers=workers)
     sweep.write_summary(Path(runs_dir), tasks, result)
     compute = {"steps_alone": result.total_steps, "steps_computed": result.computed_steps,
                "saved_fraction": result.saved_fraction}

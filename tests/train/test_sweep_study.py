@@ -34,13 +34,16 @@ def _study(stores, **kw):
 def test_study_runs_match_the_paper_protocol(stores):
     runs = study.build_runs(_study(stores))
     by = {cfg.name: (labels, cfg) for labels, cfg in runs}
-    assert len(runs) == 2 * 2 + 4 + 3  # ft: 2 rho x 2 seeds; mt: 2 x 2; ref: 3
+    # ft: 2 rho x 2 seeds; mt: alpha = 1 with both seeds (2 rho x 2), alpha = 0.5 with seed 0 (2); ref: 3
+    assert len(runs) == 2 * 2 + (2 * 2 + 2) + 3
     for name, (labels, cfg) in by.items():
         assert sum(p.build()[1] for p in cfg.phases) == 40, name  # total steps fixed
     # rho = 0.5 doubles fine-tuning (1 batch x 4 epochs = 4 steps -> 8), pre-training shrinks by 4
     ft = by["ft_rho0.5_lr0.001_s1"][1]
     assert [p.build()[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer and ft.phases[1].seed == 1
-    assert ft.data.sources["target"].sequences == 8  # one batch of unique target data
+    assert ft.data.sources["target"].sequences == 8  # one batch of unique target data ...
+    assert ft.data.sources["target"].first == 8  # ... the second disjoint draw of it for seed 1
+    assert by["mt_rho0.5_alpha1_s1"][1].data.sources["target"].first == 8 and "mt_rho0.5_alpha0.5" in by
     ref = by["ref_x2"][1]
     assert ref.data.sources["target"].sequences == 16 and ref.phases[0].uniform.gamma == pytest.approx(2 * 4 / 40)
 

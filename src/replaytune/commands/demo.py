@@ -15,7 +15,8 @@ def _run(args) -> int:
 
     from replaytune import demo
 
-    summary = demo.run_demo(args.out, generic=args.generic, targets=args.target or None, quick=args.quick)
+    summary = demo.run_demo(args.out, generic=args.generic, targets=args.target or None, quick=args.quick,
+                            workers=args.workers)
     print(f"\nreplaytune demo finished in {summary['wall_time_s'] / 60:.1f} min")
     for name, info in summary["targets"].items():
         results = json.loads((Path(info["dir"]) / "results.json").read_text())
@@ -39,5 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generic", metavar="PATH", help="your generic text instead of the man pages (file, dir or glob)")
     p.add_argument("--target", metavar="PATH", action="append",
                    help="your target text instead of the defaults (repeatable; the first gets the full study)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="training processes at once, one thread each (default 2: faster than one process with "
+                   "two threads for this model size on 2 cores)")
     p.add_argument("--quick", action="store_true", help="a 2-minute smoke run with tiny budgets (not meaningful)")
     p.set_defaults(func=_run)

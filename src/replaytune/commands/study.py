@@ -9,7 +9,7 @@ def _run(args) -> int:
     from replaytune import report, study
 
     cfg = study.load_study(args.config, args.set, preset=args.preset)
-    results = study.run_study(cfg, args.out, share_prefixes=not args.no_share)
+    results = study.run_study(cfg, args.out, share_prefixes=not args.no_share, workers=args.workers)
     written = report.build_report(args.out)
     m = results["multipliers"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
@@ -32,5 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=["paper"], help="start from a named preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--out", default="study-out", help="output directory (default: study-out)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once in separate processes, one thread each")
     p.add_argument("--no-share", action="store_true", help="do not share common prefixes between runs")
     p.set_defaults(func=_run)

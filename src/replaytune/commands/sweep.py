@@ -23,7 +23,7 @@ def _run(args) -> int:
     if args.dry_run:
         return 0
     launcher = sweep.TorchrunLauncher(args.nproc_per_node) if args.torchrun else sweep.LocalLauncher()
-    result = sweep.execute(tasks, launcher)
+    result = sweep.execute(tasks, None if args.workers > 1 and not args.torchrun else launcher, workers=args.workers)
     path = sweep.write_summary(out_dir, tasks, result)
     print(f"done: {len(result.records)} runs ({len(result.skipped)} finished earlier); summary in {path}")
     return 0
@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default: out_dir of the sweep file)")
     p.add_argument("--no-share", action="store_true", help="compute every run from scratch")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the compute saved, run nothing")
+    p.add_argument("--workers", type=int, default=1, help="runs at once in separate processes, one thread each")
     p.add_argument("--torchrun", action="store_true", help="launch each run with torchrun instead of in-process")
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes per run with --torchrun")
     p.set_defaults(func=_run)
