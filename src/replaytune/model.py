@@ -45,6 +45,7 @@ from typing import Any, Mapping
 
 from replaytune.config import PRESET_NAMES, ModelConfig
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
+from replaytune.fsio import replace_dir
 
 # Architecture of each preset; vocabulary size and sequence length are added at build time.
 PRESETS: dict[str, dict[str, int]] = {
@@ -240,13 +241,7 @@ def save_model(model, path: str | Path, *, tokenizer=None, state_dict: Mapping[s
         model.save_pretrained(str(tmp), **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.rename(path, old)
-        os.rename(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import yaml
 from replaytune import config as cfgmod
 from replaytune.config import RunConfig
 from replaytune.errors import ConfigError
+from replaytune.fsio import write_text
 
 # --------------------------------------------------------------------------------------
 # Grid expansion (pure)
@@ -211,10 +211,7 @@ class TorchrunLauncher:
         return json.loads((task.run_dir / "record.json").read_text())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+_atomic_write = write_text  # kept for callers of the old name
 
 
 def build_tasks(

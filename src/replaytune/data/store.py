@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from replaytune.errors import DataError
+from replaytune.fsio import replace_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -230,13 +231,7 @@ class StoreWriter:
         full["has_loss_mask"] = self.loss_mask
         full["splits"] = {s: {"tokens": self._n[s], "docs": self.docs(s)} for s in SPLITS}
         (self.tmp / "meta.json").write_text(json.dumps(full, indent=2, sort_keys=True))
-        old = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.rename(self.path, old)
-        os.rename(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(self.tmp, self.path)
         return TokenStore(self.path)
 
     def abort(self) -> None:

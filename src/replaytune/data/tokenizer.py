@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from replaytune.errors import ConfigError, DataError
+from replaytune.fsio import replace_dir
 
 EOS_TOKEN = "<|endoftext|>"
 MIN_VOCAB = 257  # 256 byte symbols + EOS
@@ -177,13 +178,7 @@ def train_tokenizer(
             "sources": [str(getattr(s, "path", s)) for s in sources],
         }
         (tmp / "replaytune_tokenizer.json").write_text(json.dumps(info, indent=2))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
