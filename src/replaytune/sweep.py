@@ -325,8 +325,11 @@ def execute(
     return SweepResult(records, total, computed, skipped)
 
 
-def _worker_train(cfg_json: str, init_from: str | None, save_at: list[int]) -> dict[str, Any]:
-    """Entry point of a sweep worker process (spawned: no state shared with the parent)."""
+def _worker_train(cfg_json: str, init_from: str | None, save_at: list[int], queue: Any = None, index: int = 0) -> dict[str, Any]:
+    """Entry point of a sweep worker process (spawned: no state shared with the parent).
+
+    Each completed update puts ``(index, step)`` on ``queue`` for the parent's progress bar.
+    """
     import torch
 
     from replaytune.config import RunConfig
@@ -336,8 +339,9 @@ def _worker_train(cfg_json: str, init_from: str | None, save_at: list[int]) -> d
     cfg = RunConfig.model_validate_json(cfg_json)
     ck = Path(cfg.out_dir) / "checkpoints"
     resume = ck.is_dir() and any(ck.iterdir())
+    callbacks = [] if queue is None else [lambda trainer: queue.put((index, trainer.step))]
     return train(cfg, resume=resume, init_from=None if resume or init_from is None else Path(init_from),
-                 save_at=save_at, progress=False)
+                 save_at=save_at, progress=False, callbacks=callbacks)
 
 
 def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], None], total: int, computed: int) -> SweepResult:
@@ -352,7 +356,23 @@ def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], 
     running: dict[Any, int] = {}
     t0 = time.time()
     bar = tqdm(total=computed, desc=f"sweep ({workers} workers)", unit="step", dynamic_ncols=True)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    queue = manager.Queue()
+    at: dict[int, int] = {}  # latest step of each running task
+
+    def drain() -> None:
+        moved = 0
+        while not queue.empty():
+            i, step = queue.get_nowait()
+            moved += 1
+            at[i] = step
+        if moved:
+            bar.update(moved)
+            bar.set_postfix_str(", ".join(f"{tasks[i].cfg.name} {at.get(i, tasks[i].branch_step)}/{tasks[i].steps}"
+                                          for i in running.values()), refresh=False)
+
+    with manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         while waiting or running:
             for i in list(waiting):
                 task = tasks[i]
@@ -370,17 +390,18 @@ def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], 
                     bar.update(task.computed_steps)
                     continue
                 fut = pool.submit(_worker_train, task.cfg.model_dump_json(), str(init_from) if init_from else None,
-                                  list(task.save_at))
+                                  list(task.save_at), queue, i)
                 running[fut] = i
             if not running:
                 if waiting:  # cannot happen: a run only branches from an earlier one
                     raise RuntimeError(f"sweep stalled: {[tasks[i].cfg.name for i in waiting]} wait on unfinished runs")
                 continue
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+            drain()
             for fut in finished:
                 i = running.pop(fut)
                 records[i] = fut.result()  # a failed run raises here, with its own message
-                bar.update(tasks[i].computed_steps)
+        drain()
     bar.close()
     return SweepResult([records[i] for i in range(len(tasks))], total, computed, skipped)
 
