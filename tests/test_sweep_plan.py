@@ -51,3 +51,9 @@ def test_plan_computes_each_distinct_prefix_once(words):
         if src is not None:
             assert src < i and words[src][:k] == words[i][:k]
             assert all(common_prefix(sigs[i], sigs[j]) <= k for j in range(i))
+
+
+def test_plan_ignores_prefixes_too_short_to_be_worth_a_checkpoint():
+    sigs = [chain("aaaaaaaaaa"), chain("aabbbbbbbb"), chain("aaaaaaaaab")]
+    assert plan(sigs, min_shared=0.3) == [(None, 0), (None, 0), (0, 9)]  # 2 of 10 shared: not enough
+    assert plan(sigs, min_shared=2) == [(None, 0), (0, 2), (0, 9)]

@@ -121,6 +121,12 @@ def load_pretrained(spec: ModelConfig):
     kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": spec.attn_implementation}
     if spec.gguf_file:
         kwargs["gguf_file"] = spec.gguf_file
+        try:  # unpack the GGUF blocks into dense fp32 weights: trainable, and savable with save_pretrained
+            from transformers.utils.quantization_config import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older transformers always de-quantize GGUF files
+            pass
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **dict(spec.overrides))
     except (OSError, ValueError) as exc:
@@ -128,7 +134,28 @@ def load_pretrained(spec: ModelConfig):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReplaytuneError(f"model.pretrained: could not load {name!r} as a {where}: {first}") from None
     model.config.use_cache = False
+    if spec.gguf_file:
+        _forget_gguf_quantizer(model)
     return model
+
+
+def _forget_gguf_quantizer(model) -> None:
+    """A GGUF model loaded with dense weights is a plain model: drop the quantizer record.
+
+    transformers keeps an ``hf_quantizer`` on some GGUF loads even when every weight was
+    unpacked into an ordinary ``Linear``, and then refuses ``save_pretrained`` ("quantized with
+    gguf and is not serializable"); the trained model could not be saved.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    packed = getattr(quantizer, "supported", False) and not getattr(quantizer.quantization_config, "dequantize", True)
+    if packed:
+        raise ReplaytuneError(
+            "model.gguf_file: transformers kept the GGUF weights packed (not trainable); "
+            "upgrade transformers or convert the model to safetensors first"
+        )
+    quantizer.remove_quantization_config(model)
 
 
 def check_vocab(model, vocab_size: int, where: str = "the token stores") -> None:

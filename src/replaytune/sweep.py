@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -137,20 +138,25 @@ class Task:
         return self.steps - self.branch_step
 
 
-def plan(signatures: Sequence[Sequence[str]], min_shared: int = 1) -> list[tuple[int | None, int]]:
+def plan(signatures: Sequence[Sequence[str]], min_shared: int | float = 1) -> list[tuple[int | None, int]]:
     """For each run (in order): (earlier run to branch from or None, shared steps).
 
     ``signatures[i]`` is run i's prefix chain (length steps_i + 1). Branching needs at
-    least ``min_shared`` shared steps to be worth a checkpoint.
+    least ``min_shared`` shared steps to be worth a checkpoint (a float below 1: that
+    fraction of the run's steps). Two runs whose first batches merely happen to agree (a
+    target weight of 2 % gives no target sequence in the first steps of a batch of 16)
+    share a handful of steps: not worth a checkpoint, and with parallel workers the run
+    would wait for its parent to finish.
     """
     out: list[tuple[int | None, int]] = []
     for i, sig in enumerate(signatures):
+        need = max(1, math.ceil(min_shared * (len(sig) - 1))) if min_shared < 1 else int(min_shared)
         best, best_k = None, 0
         for j in range(i):
             k = common_prefix(sig, signatures[j])
             if k > best_k:
                 best, best_k = j, k
-        out.append((best, best_k) if best_k >= min_shared else (None, 0))
+        out.append((best, best_k) if best_k >= need else (None, 0))
     return out
 
 
@@ -219,6 +225,7 @@ def build_tasks(
     out_dir: str | Path,
     signatures: Callable[[RunConfig], Sequence[str]] | None = None,
     share_prefixes: bool = True,
+    min_shared: int | float = 0.1,
 ) -> list[Task]:
     """Assign run directories and the branching plan (no training happens here)."""
     out_dir = Path(out_dir)
@@ -238,7 +245,7 @@ def build_tasks(
     for t, s in zip(tasks, sigs):
         t.steps = len(s) - 1
     if share_prefixes:
-        for t, (src, k) in zip(tasks, plan(sigs)):
+        for t, (src, k) in zip(tasks, plan(sigs, min_shared)):
             if src is not None:
                 t.branch_from, t.branch_step = src, k
                 if k not in tasks[src].save_at:

@@ -93,3 +93,29 @@ def test_parallel_workers_give_the_same_runs_as_one_process_with_one_thread(stor
     assert torch.get_num_threads() == 1  # tests run single-threaded (tests/train/conftest.py)
     seq = sweep.execute(sweep.build_tasks(configs, tmp_path / "seq"), sweep.LocalLauncher(progress=False))
     assert [r["final"]["eval"] for r in par.records] == [r["final"]["eval"] for r in seq.records]
+
+
+def test_runs_with_another_target_share_the_generic_pretraining_exactly(stores, tmp_path):
+    import shutil
+
+    from replaytune.data.store import TokenStore
+    from replaytune.train import read_metrics, shared_prefix
+
+    other = tmp_path / "other_target"
+    shutil.copytree(stores["target"], other)
+    meta = json.loads((other / "meta.json").read_text())
+    meta["fingerprint"] = "fp-other-target"
+    (other / "meta.json").write_text(json.dumps(meta))
+    assert TokenStore(other).fingerprint == "fp-other-target"
+    a = study.build_runs(_study(stores, midtrain=None, reference=None, seeds=[0], finetune={"epochs": 4, "replay": [0.0], "lrs": [1e-3]}))[0][1]
+    b_study = _study(stores, midtrain=None, reference=None, seeds=[0], finetune={"epochs": 4, "replay": [0.0], "lrs": [1e-3]},
+                     target_store=str(other), target_name="other")
+    b = study.build_runs(b_study)[0][1]
+    assert shared_prefix(a, b) == 36  # the whole pre-training: generic batches, same LR
+    tasks = sweep.build_tasks([a, b], tmp_path / "runs")
+    assert (tasks[1].branch_from, tasks[1].branch_step) == (0, 36)
+    res = sweep.execute(tasks, sweep.LocalLauncher(progress=False))
+    alone = sweep.execute(sweep.build_tasks([b], tmp_path / "alone"), sweep.LocalLauncher(progress=False))
+    assert res.records[1]["final"] == alone.records[0]["final"]
+    lines = read_metrics(tasks[1].run_dir / "metrics.jsonl")
+    assert all(set(m["tokens"]) == {"other", "generic"} for m in lines if m["kind"] == "train")

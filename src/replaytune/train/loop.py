@@ -177,8 +177,12 @@ class Trainer:
             ck.restore_checkpoint(source, model=self.model, optimizer=self.optimizer, dist=dist, parallel=cfg.parallel, trainable_only=self.trainable_only)
             st = source.state
             self.step = source.step
-            self.acc = st["acc"]
-            self.window.extend(st["window"])
+            # per-source sums are positional: map them from the checkpoint's sources to ours by
+            # name (a branch may have other sources, e.g. another target; the shared steps drew
+            # only from sources both runs have, so what is missing here is zero)
+            order = self._from_sources(st.get("sources", list(plan.sources)))
+            self.acc = {**st["acc"], "src_sum": order(st["acc"]["src_sum"]), "src_tok": order(st["acc"]["src_tok"])}
+            self.window.extend([order(sums), order(toks)] for sums, toks in st["window"])
             # a parent run's last evaluation counts only if it scored the same sequences
             self.last_eval = st["last_eval"] if st.get("eval_signature") == self._eval_signature() else None
             elapsed0, train_time0 = st["elapsed_s"], st["train_time_s"]
@@ -385,15 +389,29 @@ class Trainer:
         blob = {"sequences": self.cfg.eval.sequences, "seq_len": self.cfg.data.seq_len, "data": self.plan.data_fingerprints()}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
+    def _from_sources(self, theirs: Sequence[str]):
+        """A function mapping a list ordered by ``theirs`` onto this run's source order (0 where absent)."""
+        where = {name: i for i, name in enumerate(theirs)}
+
+        def order(values: Sequence[float]) -> list[float]:
+            return [values[where[n]] if n in where else 0.0 for n in self.plan.sources]
+
+        return order
+
     def _relabel(self, source: ck.Checkpoint):
-        """Relabel a parent run's lines with this run's phases; drop evals of another eval set."""
+        """Relabel a parent run's lines with this run's phases and sources; drop evals of another eval set."""
         same_eval = source.state.get("eval_signature") == self._eval_signature()
+        zero = {"tokens": 0, "epochs": 0.0, "train_loss": None}
 
         def rename(rec: dict[str, Any]) -> dict[str, Any] | None:
             if rec.get("kind") == "eval" and not same_eval:
                 return None
             phase, ps = self.plan.position(int(rec["step"]))
-            return {**rec, "phase": phase.name, "phase_step": ps}
+            out = {**rec, "phase": phase.name, "phase_step": ps}
+            for key, empty in zero.items():  # sources of this run only, as in its own lines
+                if isinstance(rec.get(key), dict):
+                    out[key] = {n: rec[key].get(n, empty) for n in self.plan.sources}
+            return out
 
         return rename
 
@@ -406,6 +424,7 @@ class Trainer:
             "data": self.plan.data_fingerprints(),
             "phases": [p.mixture.fingerprint() for p in self.plan.phases],
             "metrics_offset": self.metrics.offset,
+            "sources": list(self.plan.sources),
             "acc": self.acc,
             "window": list(self.window),
             "last_eval": self.last_eval,

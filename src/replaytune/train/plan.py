@@ -231,10 +231,13 @@ class RunPlan:
         """What update ``step`` does: {"reset": bool, "lr": float, "batch": hash}."""
         if batch is None or src is None:
             batch, src = self.global_batch(step)
-        # a source's offset matters only in steps that draw from it
-        drawn = set(np.unique(src).tolist())
-        names = [[n, self.stores[n].fingerprint, self.first[n] if i in drawn else 0] for i, n in enumerate(self.sources)]
-        digest = _hash(names, np.ascontiguousarray(src, dtype="<i8").tobytes(), np.ascontiguousarray(batch.ids, dtype="<i8").tobytes())
+        # Only the sources this step draws from enter the hash, each by name, store fingerprint
+        # and offset: a pre-training step on generic data is the same step in a run whose
+        # target is Python and in one whose target is Basque (they share that prefix).
+        drawn = sorted(set(np.unique(src).tolist()))
+        names = [[self.sources[i], self.stores[self.sources[i]].fingerprint, self.first[self.sources[i]]] for i in drawn]
+        local = np.searchsorted(np.array(drawn, dtype=np.int64), src)
+        digest = _hash(names, np.ascontiguousarray(local, dtype="<i8").tobytes(), np.ascontiguousarray(batch.ids, dtype="<i8").tobytes())
         return {"reset": self.reset_at(step), "lr": self.lr_at(step), "batch": digest[:16]}
 
     def iter_entries(self, upto: int) -> Iterator[dict[str, Any]]:
