@@ -96,3 +96,24 @@ def test_pretrained_folder_continues_from_its_weights(stores, tmp_path):
     ref = dict(base.named_parameters())
     assert all(torch.equal(p, ref[n]) for n, p in loaded.named_parameters())
     assert loaded.config._attn_implementation == "sdpa"
+
+
+def test_a_pretrained_model_trains_in_training_mode(tmp_path):
+    """from_pretrained returns eval mode; the loop must switch dropout back on."""
+    from replaytune.train.loop import Trainer
+
+    seen = {}
+
+    class Probe(Trainer):
+        def build_model(self):
+            model = super().build_model()
+            model.eval()  # what from_pretrained hands back
+            return model
+
+    from .helpers import make_stores, tiny_config
+
+    stores = make_stores(tmp_path / "stores")
+    cfg = tiny_config(stores, tmp_path / "run", phases=[{"name": "pre", "steps": 2, "constant": "generic"}])
+    trainer = Probe(cfg, out_dir=tmp_path / "run", callbacks=[lambda t: seen.setdefault("training", t.model.training)])
+    trainer.run()
+    assert seen["training"] is True

@@ -149,6 +149,8 @@ class Trainer:
 
         random.seed(cfg.seed + dist.rank)
         self.model = self.build_model()
+        # from_pretrained returns a model in eval mode: dropout (LoRA's included) must be on
+        self.model.train()
         self.trainable_only = is_peft(self.model)
         self.sharded = dist.enabled and cfg.parallel == "fsdp"
         self.wrapped = wrap(self.model, dist, cfg.parallel, self.precision, compile=cfg.compile)
