@@ -324,7 +324,8 @@ def validate(data: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, or a one-line ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -334,6 +335,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    data = read_yaml_mapping(path)
     base = path.parent
     data = apply_overrides(data, overrides or [])
     cfg = validate(data, str(path))

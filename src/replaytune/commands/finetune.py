@@ -1,0 +1,115 @@
+"""``replaytune finetune``: fine-tune a pretrained model on a target set with replay (logic in replaytune.finetune)."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Fine-tune a pretrained Hugging Face model on a small target set while replaying generic data
+inside every batch (Kotha & Liang 2026). Replay is one flag:
+
+  replaytune finetune --model PATH_OR_ID --target eu.txt --replay web.jsonl --replay-fraction 0.5
+
+--replay-fraction 0 is plain fine-tuning (the baseline to compare with). Sources are text
+(continued pre-training, packed), chat (`messages`; loss on assistant turns) or instruction
+(`prompt`/`completion`; loss on the completion), found from the first record's fields.
+The replay fraction counts loss-bearing tokens (--replay-unit sequences|examples to change
+that). Target epochs are fixed: steps = target sequences x epochs / (batch x target weight).
+
+Writes OUT/model (Hugging Face, merged) or OUT/adapter (LoRA), OUT/forgetting.md|json (held-out
+target and generic loss, base vs fine-tuned), OUT/run (metrics), and OUT/finetune.json last.
+Every flag can also be a key of --config FILE.yaml (flags win). Several GPUs:
+torchrun --nproc_per_node 8 -m replaytune.cli finetune ... --parallel fsdp (docs/finetune.md)."""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune a pretrained model with replay (one flag)",
+                              description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--config", metavar="FILE.yaml", help="settings file (keys: the long flag names with underscores); flags override it")
+    a("--model", help="pretrained model: local folder, hub id, or a .gguf file")
+    a("--gguf-file", help="GGUF file inside the --model folder")
+    a("--tokenizer", help="tokenizer folder (default: the model's own)")
+    a("--target", metavar="SOURCE", help="target data: .txt/.jsonl/.parquet file, folder, glob, dataset, or token store")
+    a("--target-kind", choices=["auto", "text", "chat", "instruction"], help="default: from the first record")
+    a("--target-val", type=float, metavar="F|N", help="held-out target documents: fraction < 1 or count (default 0.05)")
+    a("--replay", metavar="SOURCE", help="generic data to replay (same forms as --target)")
+    a("--replay-kind", choices=["auto", "text", "chat", "instruction"], help="default: from the first record")
+    a("--replay-val", type=float, metavar="F|N", help="held-out replay documents: fraction or count (default 0.01)")
+    a("--replay-fraction", type=float, metavar="RHO", help="replay share of every batch, in [0, 1) (default 0.5 with --replay)")
+    a("--replay-unit", choices=["tokens", "sequences", "examples"], help="what the fraction counts (default tokens: loss-bearing tokens)")
+    a("--epochs", type=float, help="passes over the target (default 1 for text, 3 for chat/instruction)")
+    a("--seq-len", type=int, help="tokens per packed sequence (default 2048)")
+    a("--batch-size", type=int, help="global batch in sequences (default 32)")
+    a("--micro-batch-size", type=int, help="sequences per forward pass; the rest is gradient accumulation (default 4)")
+    a("--lr", type=float, help="peak LR (default 1e-5 full fine-tuning, 1e-4 LoRA)")
+    a("--lr-schedule", choices=["cosine", "wsd", "constant", "linear"], help="after warmup (default cosine)")
+    a("--warmup", type=float, help="warmup fraction of the steps (default 0.01)")
+    a("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
+    a("--lora", action="store_true", default=None, help="train LoRA adapters (peft) instead of all weights")
+    a("--lora-r", type=int, help="adapter rank (default 16)")
+    a("--lora-alpha", type=float, help="LoRA alpha (default 32)")
+    a("--lora-dropout", type=float, help="adapter dropout (default 0)")
+    a("--lora-targets", help="comma-separated module names, or all-linear (default)")
+    a("--save", choices=["merged", "adapter"], help="LoRA output: merged model plus adapter (default), or the adapter only")
+    a("--chat-template", metavar="FILE", help="Jinja chat template, or 'chatml', for a tokenizer without one")
+    a("--max-length", type=int, help="chat/instruction: tokens per example; longer ones are truncated and counted (default seq-len)")
+    a("--strict", action="store_true", default=None, help="refuse over-long examples (and undecodable bytes) instead of fixing them")
+    a("--skip-invalid", action="store_true", default=None, help="skip and count chat examples that break the role rule")
+    a("--eval-sequences", type=int, help="held-out sequences per source (default 64)")
+    a("--eval-interval", type=int, help="evaluate every N steps (default: ~5%% of training time)")
+    a("--eval-tasks", help="comma-separated lm-evaluation-harness tasks, e.g. xcopa_eu (needs replaytune[eval])")
+    a("--eval-limit", type=int, help="examples per lm-eval task")
+    a("--activation-checkpointing", action="store_true", default=None, help="recompute activations in backward (big models)")
+    a("--checkpoint-every", type=int, help="checkpoint every N steps so --resume loses little (default: at the end)")
+    a("--keep-checkpoints", action="store_true", default=None, help="keep OUT/run/checkpoints after success")
+    a("--output", "--out", dest="output", metavar="DIR", help="output directory (default runs/finetune)")
+    a("--name", help="run name")
+    a("--seed", type=int, help="data and init seed (default 0)")
+    a("--device", choices=["auto", "cpu", "cuda"])
+    a("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
+    a("--parallel", choices=["ddp", "fsdp"], help="under torchrun: replicate (ddp) or shard (fsdp) the model")
+    a("--set", dest="overrides", action="append", metavar="KEY=VALUE",
+      help="override a field of the underlying run config, e.g. --set optim.beta2=0.99 (repeatable)")
+    a("--prepare-only", action="store_true",
+      help="tokenize the sources, print the plan, and stop (before a multi-GPU launch)")
+    a("--resume", action="store_true", help="continue an unfinished fine-tune in OUT (or print a finished one's report)")
+    a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def flag_values(args: argparse.Namespace) -> dict:
+    """The flags given, as FinetuneConfig keys (None: not given, the file or default decides)."""
+    lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+            "target_modules": _targets(args.lora_targets)}
+    values = {
+        "model": args.model, "gguf_file": args.gguf_file, "tokenizer": args.tokenizer,
+        "target": {"path": args.target, "kind": args.target_kind, "val": args.target_val},
+        "replay": {"path": args.replay, "kind": args.replay_kind, "val": args.replay_val},
+        "replay_fraction": args.replay_fraction, "replay_unit": args.replay_unit, "epochs": args.epochs,
+        "seq_len": args.seq_len, "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+        "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
+        "lora": lora if any(v is not None for v in lora.values()) else (True if args.lora else None),
+        "save": args.save, "chat_template": args.chat_template, "max_length": args.max_length, "strict": args.strict,
+        "skip_invalid": args.skip_invalid, "eval_sequences": args.eval_sequences, "eval_interval": args.eval_interval,
+        "eval_tasks": [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None,
+        "eval_limit": args.eval_limit, "activation_checkpointing": args.activation_checkpointing,
+        "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "output": args.output,
+        "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "parallel": args.parallel,
+        "overrides": args.overrides, "progress": args.progress,
+    }
+    return values
+
+
+def _targets(text: str | None):
+    if text is None:
+        return None
+    return text if text == "all-linear" else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    from replaytune.finetune import load_config, run_finetune
+
+    cfg = load_config(args.config, flag_values(args))
+    run_finetune(cfg, resume=args.resume, prepare_only=args.prepare_only)  # prints the plan, the data stats and the forgetting report
+    return 0

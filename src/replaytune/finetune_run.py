@@ -1,0 +1,437 @@
+"""Running ``replaytune finetune``: check, prepare, train through the one loop, write the outputs.
+
+The arithmetic (replay weights, steps) and the settings live in :mod:`replaytune.finetune`;
+this module sequences the work and keeps the output directory honest:
+
+* everything that can fail on bad input (model path, tokenizer, chat template, sources,
+  the examples themselves) fails before training, and a directory this call created is
+  removed again, so a failed start leaves nothing behind;
+* once training has started, a failure leaves ``run/`` with its checkpoints (``--resume``
+  continues it) and no ``model/`` or ``finetune.json``: the directory does not look done;
+* ``model/`` / ``adapter/`` appear by rename, and ``finetune.json`` is written last.
+
+Under torchrun every rank runs this; rank 0 alone tokenizes (the others wait at a barrier
+and are told if it failed), writes the outputs and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from replaytune import config as rconfig
+from replaytune.data.store import TokenStore
+from replaytune.errors import ConfigError, DataError, ReplaytuneError
+from replaytune.finetune import (
+    DEFAULT_EPOCHS,
+    GENERIC,
+    MARKER,
+    SUMMARY,
+    TARGET,
+    FinetuneConfig,
+    ReplayPlan,
+    Source,
+    label,
+    plan_replay,
+    realised_units,
+    resolve_sources,
+)
+from replaytune.train.loop import Trainer
+from replaytune.train.metrics import atomic_write_json
+from replaytune.fsio import replace_dir
+
+# ------------------------------------------------------------------------------------------
+# Model and tokenizer checks (before anything is written)
+# ------------------------------------------------------------------------------------------
+
+
+def check_model(cfg: FinetuneConfig) -> None:
+    """A model path that cannot be a model fails here, before any data is tokenized."""
+    from replaytune.model import _looks_like_path
+
+    local = Path(cfg.model).expanduser()
+    if not local.exists():
+        if _looks_like_path(cfg.model):
+            raise DataError(f"model {cfg.model}: no such file or directory; give a saved model folder, a .gguf file or a hub id")
+        return  # a hub id: the loader says whether it can be reached
+    if cfg.gguf_file:
+        if not (local / cfg.gguf_file).is_file():
+            raise DataError(f"model {cfg.model}: no GGUF file {cfg.gguf_file!r} in this folder")
+    elif local.is_file() or not (local / "config.json").is_file():
+        raise DataError(
+            f"model {cfg.model}: not a Hugging Face model folder (no config.json); "
+            f"for a GGUF model give the .gguf file, or the folder with --gguf-file NAME"
+        )
+
+
+def load_tokenizer(cfg: FinetuneConfig):
+    """The model's tokenizer (or ``cfg.tokenizer``); GGUF models carry theirs in the file."""
+    from replaytune.data.tokenizer import load_tokenizer as load
+
+    if cfg.tokenizer:
+        return load(cfg.tokenizer)
+    if cfg.gguf_file:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(cfg.model, gguf_file=cfg.gguf_file)
+        except Exception as exc:  # transformers raises several types for a bad GGUF
+            raise DataError(f"model {cfg.model}: cannot read the tokenizer of {cfg.gguf_file} ({type(exc).__name__}: {exc})") from None
+        tok.name_or_path = str(Path(cfg.model).expanduser().resolve() / cfg.gguf_file)
+        return tok
+    return load(cfg.model)
+
+
+def check_store_tokenizer(role: str, store: TokenStore, tok) -> None:
+    """A prepared store must use the model's tokenizer: other ids mean other words to the model."""
+    from replaytune.data.tokenizer import tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint(tok)
+    if store.tokenizer_fingerprint != fp:
+        raise DataError(
+            f"{label(role)} source {store.path}: a token store built with tokenizer {store.tokenizer_path} (fingerprint "
+            f"{store.tokenizer_fingerprint}), but the model's tokenizer {getattr(tok, 'name_or_path', '')} has fingerprint "
+            f"{fp}; its token ids would mean other text to this model, so it cannot be mixed in. Give the raw "
+            f"source (text/jsonl/parquet) instead: it is tokenized with the model's tokenizer"
+        )
+
+
+
+# Run-config fields the finetune flags derive; overriding them with --set would break the plan.
+_DERIVED = ("data.", "phases.0.steps", "phases.0.stages", "model.pretrained", "model.gguf_file", "out_dir")
+
+
+@dataclass
+class FinetuneResult:
+    output: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class FinetuneTrainer(Trainer):
+    """The loop's Trainer, with the pretrained model put in training mode.
+
+    ``from_pretrained`` returns a model in eval mode: dropout (LoRA dropout included) would be
+    off, and transformers only recomputes activations (``activation_checkpointing``) in
+    training mode. Evaluation switches to eval mode and back by itself.
+    """
+
+    def __init__(self, cfg: rconfig.RunConfig, *, activation_checkpointing: bool = False, **kwargs: Any):
+        super().__init__(cfg, **kwargs)
+        self.activation_checkpointing = activation_checkpointing
+
+    def build_model(self):
+        model = super().build_model()
+        model.train()
+        if self.activation_checkpointing:
+            hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft: the HF model
+            kwargs = {"use_reentrant": False}  # the reentrant variant needs inputs that require grad (LoRA's do not)
+            if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        return model
+
+
+def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Source], *, log: Callable[[str], None] = print) -> dict[str, tuple[TokenStore, dict[str, Any]]]:
+    """Token stores of every source under ``out/data/<role>`` (a given store is checked, not copied).
+
+    Chat and instruction examples longer than ``max_length`` (default ``seq_len``) are
+    truncated and counted, or refused with ``strict``.
+    """
+    from replaytune.data.prepare import format_stats, prepare
+
+    result = {}
+    for role, src in sources.items():
+        if src.store is not None:
+            store = TokenStore(src.store)
+            check_store_tokenizer(role, store, tok)
+            result[role] = (store, {**store.meta.get("stats", {}), "given_store": True})
+            continue
+        max_length = None if src.kind == "text" else (cfg.max_length or cfg.seq_len)
+        store, stats = prepare(
+            src.spec(cfg.strict), tok, out / "data" / role, seed=cfg.seed, max_length=max_length,
+            chat_template=cfg.chat_template, skip_invalid=cfg.skip_invalid, progress=cfg.progress, **src.val(),
+        )
+        log(format_stats(f"{role} ({src.arg.path})", stats, store.path))
+        result[role] = (store, stats)
+    return result
+
+
+def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Path], run_dir: Path, tokenizer_dir: Path | None) -> rconfig.RunConfig:
+    """One phase from the pretrained model: the plan's weights for ``plan.steps`` steps."""
+    bad = [o for o in cfg.overrides if o.split("=", 1)[0].strip().startswith(_DERIVED)]
+    if bad:
+        raise ConfigError(f"--set {bad[0]}: this field follows from the finetune flags; use the flag instead")
+    data: dict[str, Any] = {
+        "name": cfg.name,
+        "out_dir": str(run_dir),
+        "seed": cfg.seed,
+        "model": {
+            "pretrained": cfg.model, "gguf_file": cfg.gguf_file, "attn_implementation": cfg.attn_implementation,
+            "tokenizer": str(tokenizer_dir) if tokenizer_dir else None,
+            "lora": cfg.lora.model_dump() if cfg.lora is not None else None,
+        },
+        "data": {
+            "sources": {role: {"store": str(p)} for role, p in stores.items()},
+            "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
+        },
+        "phases": [{
+            "name": "finetune", "steps": plan.steps, "stages": [{"start_step": 0, "weights": dict(plan.weights)}],
+            "lr": {"peak": cfg.peak_lr, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "final_ratio": cfg.final_lr_ratio},
+        }],
+        "optim": {"weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip},
+        "eval": {"sequences": cfg.eval_sequences, "interval": cfg.eval_interval, "at_start": True},  # step 0 = the base model
+        "checkpoint": {"interval": cfg.checkpoint_every, "keep": 1},
+        "device": cfg.device, "dtype": cfg.dtype, "parallel": cfg.parallel, "progress": cfg.progress,
+    }
+    return rconfig.validate(rconfig.apply_overrides(data, cfg.overrides), "finetune run config")
+
+
+def run_finetune(
+    cfg: FinetuneConfig, *, resume: bool = False, prepare_only: bool = False, log: Callable[[str], None] | None = None
+) -> FinetuneResult:
+    """Fine-tune ``cfg.model`` on the target with replay; see the module docstrings.
+
+    ``prepare_only``: tokenize the sources, print the plan and stop (run it once, in one
+    process, before a multi-GPU launch: there the other ranks wait for rank 0's tokenizing
+    at a barrier, and a long wait can pass the process group's timeout).
+    """
+    from replaytune.train.distributed import setup, teardown
+
+    dist = setup(cfg.device)
+    say = (log or print) if dist.is_main else (lambda text: None)
+    try:
+        return _run(cfg, Path(cfg.output).expanduser(), dist, resume, say, prepare_only)
+    finally:
+        teardown(dist)
+
+
+def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str], None], prepare_only: bool = False) -> FinetuneResult:
+    from replaytune.data import chat
+    from replaytune.forgetting import format_report
+
+    if (out / SUMMARY).is_file():
+        if not resume:
+            raise ReplaytuneError(f"{out}: holds a finished fine-tune ({SUMMARY}); choose another --output")
+        report = json.loads((out / "forgetting.json").read_text())
+        say(format_report(report))
+        return FinetuneResult(out, json.loads((out / SUMMARY).read_text()), report)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
+        raise ReplaytuneError(f"{out}: exists and is not a replaytune finetune output; choose another --output")
+
+    # Cheap checks first: nothing is written until they pass.
+    check_model(cfg)
+    tok = load_tokenizer(cfg)
+    sources = resolve_sources(cfg)
+    template = None
+    if any(s.kind == "chat" for s in sources.values()):
+        template = chat.resolve_template(tok, chat.load_template(cfg.chat_template), str(getattr(tok, "name_or_path", cfg.model)))
+    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS[sources[TARGET].kind]
+
+    created = not out.exists()
+    started = False
+    try:
+        prepared: dict[str, tuple[TokenStore, dict[str, Any]]] = {}
+        if dist.is_main:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / MARKER).touch()
+                prepared = prepare_sources(cfg, tok, out, sources, log=say)
+                _save_tokenizer(tok, template if cfg.chat_template else None, out / "tokenizer")
+            except BaseException as exc:
+                dist.broadcast(str(exc) if isinstance(exc, ReplaytuneError) else type(exc).__name__)
+                raise
+            dist.broadcast("ok")
+        else:
+            status = dist.broadcast(None)
+            if status != "ok":
+                raise ReplaytuneError(f"rank 0 could not prepare the data: {status}")
+        paths = {role: (src.store or out / "data" / role) for role, src in sources.items()}
+        stores = {role: prepared[role][0] if role in prepared else TokenStore(p) for role, p in paths.items()}
+        plan = plan_replay(stores[TARGET], stores.get(GENERIC), replay_fraction=cfg.rho, epochs=epochs,
+                           seq_len=cfg.seq_len, batch_size=cfg.batch_size, unit=cfg.replay_unit)
+        run_cfg = build_run_config(cfg, plan, paths, out / "run", out / "tokenizer")
+        realised = _realised(run_cfg, stores, plan)
+        if dist.is_main:
+            say(_describe(plan, realised))
+        if prepare_only:
+            return FinetuneResult(out, {"plan": {**plan.to_dict(), "realised": realised}})
+        resume_run = resume and (out / "run").exists()  # nothing trained yet: a plain start, no warning
+        trainer = FinetuneTrainer(run_cfg, resume=resume_run, activation_checkpointing=cfg.activation_checkpointing)
+        started = True
+        t0 = time.perf_counter()
+        record = trainer.run()
+        train_s = time.perf_counter() - t0
+    except BaseException:
+        if created and not started and dist.is_main:
+            shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+        raise
+
+    result = FinetuneResult(out)
+    if dist.is_main:
+        outputs = _finalize_model(cfg, run_cfg, trainer, out)
+        if not cfg.keep_checkpoints:
+            shutil.rmtree(out / "run" / "checkpoints", ignore_errors=True)
+        result.report = _report(cfg, run_cfg, stores, plan, record, out, say)
+        result.summary = {
+            "settings": cfg.model_dump(mode="json"),
+            "epochs": epochs,
+            "plan": {**plan.to_dict(), "realised": realised},
+            "data": {role: {"source": sources[role].arg.path, "kind": sources[role].kind, "store": str(paths[role]),
+                            "stats": _short_stats(prepared[role][1])} for role in sources},
+            "run": {k: record.get(k) for k in ("steps", "tokens", "epochs", "wall_time_s", "tokens_per_s")},
+            "final_eval": record.get("final", {}).get("eval"),
+            "outputs": outputs,
+            "seconds": round(train_s, 3),
+        }
+        atomic_write_json(out / SUMMARY, result.summary)  # last: marks the fine-tune finished
+        say(f"outputs in {out}: " + ", ".join(f"{k} {v}" for k, v in outputs.items()))
+    dist.barrier()
+    return result
+
+
+def _save_tokenizer(tok, template: str | None, path: Path) -> None:
+    """A copy of the tokenizer saved beside the model (with the chat template trained with)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        old_template = getattr(tok, "chat_template", None)
+        if template:
+            tok.chat_template = template
+        try:
+            tok.save_pretrained(str(tmp))
+        finally:
+            if template:
+                tok.chat_template = old_template
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _realised(run_cfg: rconfig.RunConfig, stores: dict[str, TokenStore], plan: ReplayPlan) -> dict[str, Any]:
+    """What the run's exact mixture draws: loss tokens (or the unit) per source, target epochs."""
+    from replaytune.train.plan import RunPlan
+
+    mixture = RunPlan(run_cfg, stores).phases[0].mixture
+    units = realised_units(mixture, stores, plan.seq_len, plan.unit)
+    total = sum(units.values())
+    return {
+        plan.unit: units,
+        "replay_share": (units.get(GENERIC, 0.0) / total) if total else 0.0,
+        "sequences": mixture.consumed(mixture.steps),
+        "target_epochs": mixture.epochs_consumed()[TARGET],
+        "replay_epochs": mixture.epochs_consumed().get(GENERIC, 0.0),
+    }
+
+
+def _describe(plan: ReplayPlan, realised: dict[str, Any]) -> str:
+    w = plan.weights
+    plain = math.ceil(plan.sequences[TARGET] * plan.epochs / plan.batch_size - 1e-9)
+    lines = [
+        f"plan: target {plan.sequences[TARGET]:,} sequences of {plan.seq_len} ({plan.target_batches:.4g} batches of "
+        f"{plan.batch_size}) x {plan.epochs:g} epochs; replay fraction {plan.replay_fraction:g} counted in {plan.unit}",
+        "  sequence weights: " + ", ".join(f"{k} {v:.4f}" for k, v in w.items())
+        + f"; steps {plan.to_dict()['steps_formula']} ({plain:,} without replay)",
+        f"  realised: replay {realised['replay_share']:.4f} of {plan.unit}, target {realised['target_epochs']:.3g} epochs"
+        + (f", replay {realised['replay_epochs']:.3g} epochs of its {plan.sequences[GENERIC]:,} sequences" if GENERIC in plan.sequences else ""),
+    ]
+    if realised["target_epochs"] > 1.1 * plan.epochs:
+        warnings.warn(
+            f"the target is {plan.target_batches:.3g} batches: rounding up to whole steps shows it "
+            f"{realised['target_epochs']:.3g} times instead of {plan.epochs:g}; lower --batch-size for a closer match"
+        )
+    if realised["replay_epochs"] > 1.0:
+        lines.append("  note: the replay source is repeated; the paper replays fresh generic data (give a larger replay set)")
+    return "\n".join(lines)
+
+
+def _short_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    keep = ("docs", "tokens", "loss_tokens", "truncated", "skipped_invalid", "dropped_trailing_user", "replaced_bytes",
+            "empty_docs", "invalid_examples", "up_to_date", "given_store", "seconds", "tokens_per_s")
+    return {k: stats[k] for k in keep if k in stats}
+
+
+def _finalize_model(cfg: FinetuneConfig, run_cfg: rconfig.RunConfig, trainer: FinetuneTrainer, out: Path) -> dict[str, str]:
+    """run/model -> model/ (full fine-tuning) or adapter/ (+ merged model/ unless save=adapter)."""
+    from replaytune.model import load_tokenizer as tokenizer_for_save
+    from replaytune.model import save_model
+
+    saved = out / "run" / "model"
+    if cfg.lora is None:
+        if saved.exists():
+            replace_dir(saved, out / "model")
+        _use_cache(out / "model")
+        return {"model": str(out / "model")}
+    if saved.exists():
+        replace_dir(saved, out / "adapter")
+    outputs = {"adapter": str(out / "adapter")}
+    if cfg.save == "adapter":
+        return outputs
+    if not (out / "model" / "config.json").is_file():
+        model = getattr(trainer, "model", None)
+        if model is None or getattr(trainer, "sharded", False) or not hasattr(model, "merge_and_unload"):
+            model = _load_with_adapter(run_cfg, out / "adapter")
+        merged = model.merge_and_unload()  # W + (alpha / r) B A, in place
+        save_model(merged, out / "model", tokenizer=tokenizer_for_save(str(out / "tokenizer")))
+        _use_cache(out / "model")
+    outputs["model"] = str(out / "model")
+    return outputs
+
+
+def _load_with_adapter(run_cfg: rconfig.RunConfig, adapter: Path):
+    from peft import PeftModel
+
+    from replaytune.model import load_pretrained
+
+    base = load_pretrained(run_cfg.model.model_copy(update={"lora": None}))
+    return PeftModel.from_pretrained(base, str(adapter))
+
+
+def _use_cache(model_dir: Path) -> None:
+    """Training switched the KV cache off; the saved model is for inference, so switch it back on."""
+    path = model_dir / "config.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("use_cache") is False:
+            data["use_cache"] = True
+            atomic_write_json(path, data)
+
+
+def _report(cfg, run_cfg, stores, plan, record, out: Path, say) -> dict[str, Any]:
+    from replaytune.forgetting import build_report, downstream, format_report, held_out, write_report
+
+    sources = {role: {"source": (cfg.target if role == TARGET else cfg.replay).path,
+                      **held_out(store, cfg.seq_len, cfg.eval_sequences)} for role, store in stores.items()}
+    report = build_report(out / "run", plan=plan.to_dict(), held=sources)
+    if cfg.eval_tasks:
+        report["downstream"] = downstream(
+            cfg.eval_tasks,
+            base=lambda: _eval_model(run_cfg, None),
+            tuned=lambda: _eval_model(run_cfg, out),
+            limit=cfg.eval_limit,
+        )
+    write_report(out, report)
+    say(format_report(report))
+    return report
+
+
+def _eval_model(run_cfg: rconfig.RunConfig, out: Path | None):
+    """(model, tokenizer) for lm-evaluation-harness: the base model, or the fine-tuned one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from replaytune.model import load_pretrained
+
+    tok = AutoTokenizer.from_pretrained(str(Path(run_cfg.model.tokenizer)))
+    if out is None:
+        return load_pretrained(run_cfg.model.model_copy(update={"lora": None})), tok
+    if (out / "model" / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(str(out / "model")), tok
+    return _load_with_adapter(run_cfg, out / "adapter").merge_and_unload(), tok

@@ -1,0 +1,228 @@
+"""End to end: a tiny Llama saved with save_pretrained, fine-tuned by path with replay, full and LoRA."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+import yaml
+
+from .conftest import base_values
+from replaytune.cli import main
+from replaytune.errors import ReplaytuneError
+from replaytune.finetune import load_config, run_finetune
+from replaytune.forgetting import LM_EVAL_MISSING
+from replaytune.train import read_metrics
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_cli_text_replay_full_finetune(assets, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "out"
+    code = main([
+        "finetune", "--model", str(assets.model), "--target", str(assets.target), "--replay", str(assets.generic),
+        "--replay-fraction", "0.5", "--replay-val", "10", "--epochs", "2", "--seq-len", "32", "--batch-size", "4",
+        "--lr", "3e-3", "--eval-sequences", "8", "--eval-interval", "0", "--device", "cpu", "--no-progress",
+        "--output", str(out),
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "finetune.json").read_text())
+    plan = summary["plan"]
+    n_t = plan["sequences"]["target"]
+    # text on both sides: tokens and sequences agree, w_t = 1 - rho, steps = N_t x E / (B (1 - rho))
+    assert plan["weights"] == {"target": 0.5, "generic": 0.5}
+    assert plan["steps"] == math.ceil(n_t * 2 / (4 * 0.5)) == summary["run"]["steps"]
+    assert plan["realised"]["target_epochs"] == pytest.approx(2.0, abs=4 / n_t)
+    record = json.loads((out / "run" / "record.json").read_text())
+    assert record["phases"][0]["lr"]["schedule"] == "cosine" and record["phases"][0]["lr"]["warmup"] == 0.01
+    # the model: Hugging Face format, tokenizer beside it, loadable by path
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    tok = AutoTokenizer.from_pretrained(str(out / "model"))
+    assert len(tok) == model.config.vocab_size and model.config.use_cache is True
+    base = AutoModelForCausalLM.from_pretrained(str(assets.model))
+    ids = torch.tensor([tok("Etxe mendi ur itsaso.")["input_ids"]])
+    assert not torch.allclose(_logits(model, ids), _logits(base, ids))
+    # the forgetting report: base = the step-0 evaluation, fine-tuned = the final one
+    report = json.loads((out / "forgetting.json").read_text())
+    step0 = next(m["eval"] for m in read_metrics(out / "run") if m["kind"] == "eval" and m["step"] == 0)
+    for name in ("target", "generic"):
+        row = report["loss"][name]
+        assert row["base"] == step0[name] and row["finetuned"] == record["final"]["eval"][name]
+        assert row["change"] == pytest.approx(row["finetuned"] - row["base"])
+        assert row["sequences"] >= 1 and row["loss_tokens"] == row["sequences"] * 32
+    assert report["loss"]["target"]["change"] < 0  # it learned the target
+    md = (out / "forgetting.md").read_text()
+    assert "| held-out set |" in md and "# Forgetting report" in printed and f"{report['loss']['target']['finetuned']:.4f}" in md
+    assert not (out / "run" / "checkpoints").exists()  # removed after success; the model is in model/
+
+
+def test_baseline_rho_zero_still_measures_forgetting(finetune_cfg):
+    res = run_finetune(finetune_cfg(replay_fraction=0.0), log=lambda s: None)
+    plan = res.summary["plan"]
+    assert plan["weights"] == {"target": 1.0, "generic": 0.0}
+    assert plan["steps"] == math.ceil(plan["sequences"]["target"] / 4)
+    assert plan["realised"]["replay_share"] == 0.0 and plan["realised"]["sequences"]["generic"] == 0
+    assert res.report["loss"]["generic"]["finetuned"] is not None and res.report["forgetting"] is not None
+
+
+def test_chat_target_with_text_replay_mixes_inside_batches(assets, finetune_cfg):
+    res = run_finetune(finetune_cfg(model=str(assets.chat_model), target={"path": str(assets.chat)}, epochs=3, seq_len=64), log=lambda s: None)
+    s = res.summary
+    assert s["data"]["target"]["kind"] == "chat" and s["data"]["generic"]["kind"] == "text"
+    plan = s["plan"]
+    assert plan["units_per_sequence"]["target"] < 0.5 * 64 == 0.5 * plan["units_per_sequence"]["generic"]  # prompts carry no loss
+    assert plan["weights"]["target"] > 0.5  # fewer loss tokens per chat sequence: more sequences for the same share
+    assert abs(plan["realised"]["replay_share"] - 0.5) < 0.03
+    # one batch held masked chat and unmasked text sequences, and both produced a training loss
+    train_lines = [m for m in read_metrics(res.output / "run") if m["kind"] == "train"]
+    both = [m for m in train_lines if m["train_loss"]["target"] is not None and m["train_loss"]["generic"] is not None]
+    assert len(both) >= len(train_lines) // 2
+    assert all(math.isfinite(v) for m in both for v in m["train_loss"].values())
+
+
+def test_instruction_target_is_detected_and_masked(assets, finetune_cfg):
+    res = run_finetune(finetune_cfg(target={"path": str(assets.instruction)}, replay_fraction=0.25, epochs=1), log=lambda s: None)
+    assert res.summary["data"]["target"]["kind"] == "instruction"
+    stats = res.summary["data"]["target"]["stats"]
+    assert 0 < stats["loss_tokens"]["train"] < stats["tokens"]["train"]
+
+
+def test_lora_merged_and_adapter_load_with_transformers_and_peft(assets, finetune_cfg):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    res = run_finetune(finetune_cfg(lora={"r": 4, "alpha": 8}, lr=1e-2), log=lambda s: None)
+    out = res.output
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(assets.model)), str(out / "adapter"))
+    base = AutoModelForCausalLM.from_pretrained(str(assets.model))
+    ids = torch.arange(1, 30).reshape(1, -1)
+    assert torch.allclose(_logits(merged, ids), _logits(with_adapter, ids), atol=1e-5)
+    assert not torch.allclose(_logits(merged, ids), _logits(base, ids), atol=1e-4)
+    assert not any("lora" in k for k in merged.state_dict())
+    # LoRA starts at B = 0: the step-0 evaluation is the base model's own held-out loss
+    from replaytune.data.store import TokenStore
+    from replaytune.train.distributed import Dist
+    from replaytune.train.evaluation import eval_set, evaluate
+
+    stores = {name: TokenStore(out / "data" / name) for name in ("target", "generic")}
+    direct = evaluate(base, stores, eval_set(stores, 32, 8), seq_len=32, batch_size=8, dist=Dist(), precision="fp32")
+    for name in stores:
+        assert res.report["loss"][name]["base"] == pytest.approx(direct[name], rel=1e-5)
+
+
+def test_lora_adapter_only(assets, finetune_cfg):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    res = run_finetune(finetune_cfg(lora=True, save="adapter", epochs=0.5), log=lambda s: None)
+    assert not (res.output / "model").exists() and res.summary["outputs"] == {"adapter": str(res.output / "adapter")}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(assets.model)), str(res.output / "adapter"))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
+
+
+def test_config_file_with_flag_overrides(assets, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "t.jsonl").write_text(assets.target.read_text())
+    cfg_file = tmp_path / "ft.yaml"
+    values = base_values(assets, tmp_path / "out")
+    values["target"] = "data/t.jsonl"  # relative to the file
+    values["epochs"] = 1
+    cfg_file.write_text(yaml.safe_dump(values))
+    cfg = load_config(cfg_file, {"epochs": 2, "replay": {"val": 5}, "lora": None})
+    assert cfg.epochs == 2 and cfg.target.path == str(tmp_path / "data" / "t.jsonl")
+    assert cfg.replay.val == 5 and cfg.replay.path == str(assets.generic)  # merged into the file's entry
+    assert load_config(cfg_file, {}).epochs == 1
+
+
+def test_failed_run_is_not_complete_and_resumes_to_the_same_result(finetune_cfg, tmp_path, monkeypatch):
+    from replaytune import finetune_run
+
+    reference = run_finetune(finetune_cfg(output=str(tmp_path / "ref")), log=lambda s: None)
+    cfg = finetune_cfg(output=str(tmp_path / "broken"), checkpoint_every=4)
+    original = finetune_run.FinetuneTrainer._update
+
+    def failing(self, s):
+        if s == 9:
+            raise RuntimeError("simulated crash at update 10")
+        return original(self, s)
+
+    monkeypatch.setattr(finetune_run.FinetuneTrainer, "_update", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_finetune(cfg, log=lambda s: None)
+    out = tmp_path / "broken"
+    assert not (out / "finetune.json").exists() and not (out / "model").exists() and not (out / "forgetting.json").exists()
+    assert (out / "run" / "checkpoints" / "step-00000008").is_dir()
+    monkeypatch.setattr(finetune_run.FinetuneTrainer, "_update", original)
+    with pytest.raises(ReplaytuneError, match="--resume"):
+        run_finetune(cfg, log=lambda s: None)
+    resumed = run_finetune(cfg, resume=True, log=lambda s: None)
+    assert resumed.summary["final_eval"] == reference.summary["final_eval"]  # bit-identical on CPU
+    # finished: a second run into it is refused, --resume just reports
+    with pytest.raises(ReplaytuneError, match="holds a finished fine-tune"):
+        run_finetune(cfg, log=lambda s: None)
+    again = run_finetune(cfg, resume=True, log=lambda s: None)
+    assert again.report == resumed.report
+
+
+def test_unchanged_sources_are_not_prepared_again(finetune_cfg, tmp_path):
+    cfg = finetune_cfg(output=str(tmp_path / "o"), checkpoint_every=2)
+    lines: list[str] = []
+    run_finetune(cfg, log=lines.append)
+    assert any("wrote" in ln for ln in lines)
+    (tmp_path / "o" / "finetune.json").unlink()  # pretend it stopped after training
+    lines.clear()
+    run_finetune(cfg, resume=True, log=lines.append)
+    assert sum("up to date" in ln for ln in lines) == 2 and not any("wrote" in ln for ln in lines)
+
+
+def test_downstream_tasks_are_skipped_without_lm_eval(finetune_cfg, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError, installed or not
+    res = run_finetune(finetune_cfg(eval_tasks=["xcopa_eu"], epochs=0.5))
+    assert res.report["downstream"] == {"tasks": ["xcopa_eu"], "skipped": LM_EVAL_MISSING}
+    printed = capsys.readouterr().out
+    assert "Downstream tasks (xcopa_eu) skipped: lm-evaluation-harness is not installed" in printed
+    assert "skipped" in (res.output / "forgetting.md").read_text()
+
+
+def test_activation_checkpointing_recomputes_and_changes_nothing(finetune_cfg, tmp_path, monkeypatch):
+    import transformers.modeling_utils as mu
+
+    plain = run_finetune(finetune_cfg(output=str(tmp_path / "a"), epochs=0.5), log=lambda s: None)
+    calls = []
+    real = mu.checkpoint
+    monkeypatch.setattr(mu, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ckpt = run_finetune(finetune_cfg(output=str(tmp_path / "b"), epochs=0.5, activation_checkpointing=True), log=lambda s: None)
+    assert len(calls) >= 2 * plain.summary["run"]["steps"]  # 2 layers per forward, every micro-batch
+    for name, value in plain.summary["final_eval"].items():
+        assert ckpt.summary["final_eval"][name] == pytest.approx(value, rel=1e-6)
+
+
+def test_kind_detection(assets, tmp_path):
+    from replaytune.errors import DataError
+    from replaytune.finetune import SourceArg, detect_kind
+
+    assert detect_kind(SourceArg(path=str(assets.chat))) == "chat"
+    assert detect_kind(SourceArg(path=str(assets.instruction))) == "instruction"
+    assert detect_kind(SourceArg(path=str(assets.target))) == "text"
+    assert detect_kind(SourceArg(path=str(assets.chat), kind="text")) == "text"  # given wins
+    (tmp_path / "a.txt").write_text("Kaixo.\n")
+    assert detect_kind(SourceArg(path=str(tmp_path / "a.txt"))) == "text"
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        (tmp_path / "shards" / f"part{i}.jsonl").write_text(assets.chat.read_text())
+    assert detect_kind(SourceArg(path=str(tmp_path / "shards" / "*.jsonl"))) == "chat"
+    assert detect_kind(SourceArg(path=str(tmp_path / "shards"))) == "chat"
+    (tmp_path / "odd.jsonl").write_text('{"question": "x", "answer": "y"}\n')
+    with pytest.raises(DataError, match=r"odd\.jsonl: cannot tell the kind .* \(answer, question\)"):
+        detect_kind(SourceArg(path=str(tmp_path / "odd.jsonl")))

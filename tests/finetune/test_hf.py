@@ -1,0 +1,156 @@
+"""The replay mixture as a torch IterableDataset: exact items, resume, sharding, Trainer."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from replaytune.data.prepare import prepare
+from replaytune.data.sources import SourceSpec
+from replaytune.data.store import TokenStore
+from replaytune.errors import DataError
+from replaytune.finetune import load_config, plan_replay
+from replaytune.finetune_run import build_run_config
+from replaytune.hf import IGNORE, ReplayDataset
+from replaytune.train.evaluation import make_inputs, sequence_losses
+from replaytune.train.plan import RunPlan
+
+L, B = 32, 4
+
+
+@pytest.fixture(scope="module")
+def stores(assets, tmp_path_factory):
+    """A chat target (masked) and a text replay store, prepared with the chat model's tokenizer."""
+    root = tmp_path_factory.mktemp("hf_stores")
+    tok = str(assets.chat_model)
+    target, _ = prepare(SourceSpec(str(assets.chat), kind="chat"), tok, root / "target", progress=False, val_docs=4)
+    generic, _ = prepare(SourceSpec(str(assets.generic)), tok, root / "generic", progress=False, val_docs=10)
+    return {"target": target, "generic": generic}
+
+
+def _dataset(stores, **kw):
+    return ReplayDataset.from_stores(stores["target"], stores["generic"], replay_fraction=0.5, epochs=1,
+                                     seq_len=L, batch_size=B, **kw)
+
+
+def _same(a, b):
+    return all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x) and len(a) == len(b)
+
+
+def test_items_are_the_loops_windows_with_labels_masked(stores):
+    ds = _dataset(stores, with_source=True)
+    items = list(islice(iter(ds), 3 * B))
+    seen = set()
+    for item in items:
+        name = item["source"]
+        seen.add(name)
+        assert item["input_ids"].shape == item["labels"].shape == item["attention_mask"].shape == (L + 1,)
+        assert item["labels"][0] == IGNORE and bool(item["attention_mask"].all())
+        split = stores[name].train
+        # find the window: the loop's targets are input_ids[1:] masked like make_inputs does
+        matches = [i for i in range(split.num_sequences(L))
+                   if np.array_equal(split.sequences(np.array([i]), L)[0], item["input_ids"].numpy())]
+        _, y = make_inputs(split, np.array(matches[:1]), L)
+        assert np.array_equal(item["labels"][1:].numpy(), y[0])
+        if name == "generic":
+            assert torch.equal(item["labels"][1:], item["input_ids"][1:])  # text: every token a target
+    assert seen == {"target", "generic"}  # one batch holds chat and text
+    assert (items[0]["labels"] == IGNORE).sum() >= 1
+
+
+def test_same_batches_as_replaytune_finetune(assets, stores, tmp_path):
+    ds = _dataset(stores, seed=5)
+    cfg = load_config(None, {"model": str(assets.chat_model), "target": str(assets.chat), "replay": str(assets.generic),
+                             "replay_fraction": 0.5, "epochs": 1, "seq_len": L, "batch_size": B, "seed": 5})
+    plan = plan_replay(stores["target"], stores["generic"], replay_fraction=0.5, epochs=1, seq_len=L, batch_size=B)
+    run_cfg = build_run_config(cfg, plan, {k: s.path for k, s in stores.items()}, tmp_path / "run", None)
+    mixture = RunPlan(run_cfg, stores).phases[0].mixture
+    assert ds.steps == plan.steps == mixture.steps and ds.mixture.fingerprint() == mixture.fingerprint()
+    assert len(ds) == plan.steps * B
+    ref = ReplayDataset.from_run_config(run_cfg)
+    for step in (0, 1, plan.steps - 1):
+        assert ds.batch_items(step) == ref.batch_items(step)
+
+
+def test_deterministic_resumable_from_a_step_and_from_state(stores):
+    full = list(_dataset(stores))
+    assert _same(full, list(_dataset(stores)))
+    later = _dataset(stores, start_step=3)
+    assert len(later) == len(full) - 3 * B and _same(list(later), full[3 * B:])
+    ds = _dataset(stores)
+    it = iter(ds)
+    head = [next(it) for _ in range(2 * B + 1)]
+    state = ds.state_dict()
+    assert state == {"step": 2, "offset": 1}
+    fresh = _dataset(stores)
+    fresh.load_state_dict(state)
+    assert _same(head + list(fresh), full)
+    peek = next(iter(fresh))  # a new iteration starts at the resume point again (a peek does not eat items)
+    assert torch.equal(peek["input_ids"], full[2 * B + 1]["input_ids"])
+
+
+def test_shards_by_rank_are_slices_of_the_global_batch(stores):
+    full = list(islice(iter(_dataset(stores)), 5 * B))
+    ranks = [list(islice(iter(_dataset(stores, rank=r, world=2)), 5 * B // 2)) for r in range(2)]
+    for step in range(5):
+        glob = full[step * B:(step + 1) * B]
+        per = B // 2
+        joined = ranks[0][step * per:(step + 1) * per] + ranks[1][step * per:(step + 1) * per]
+        assert _same(joined, glob)
+    with pytest.raises(Exception, match="must divide by the world size"):
+        _dataset(stores, rank=0, world=3)
+
+
+def test_hf_loss_equals_the_loops_loss(assets, stores):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(assets.chat_model))
+    ds = _dataset(stores)
+    items = list(islice(iter(ds), 2 * B))
+    ids = torch.stack([i["input_ids"] for i in items])
+    labels = torch.stack([i["labels"] for i in items])
+    with torch.no_grad():
+        hf_loss = model(input_ids=ids, labels=labels).loss
+        logits = model(input_ids=ids[:, :-1]).logits  # the loop feeds L tokens, predicts the next L
+    targets = labels[:, 1:]
+    ours = sequence_losses(logits, targets).sum() / (targets != IGNORE).sum()
+    assert hf_loss.item() == pytest.approx(ours.item(), rel=1e-5)
+
+
+def test_transformers_trainer_trains_a_few_steps(assets, stores, tmp_path):
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
+
+    model = AutoModelForCausalLM.from_pretrained(str(assets.chat_model))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ds = _dataset(stores)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=2, gradient_accumulation_steps=2,  # 2 x 2 = B
+        max_steps=3, learning_rate=1e-3, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
+        report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
+    result = trainer.train()
+    assert trainer.state.global_step == 3 and np.isfinite(result.training_loss)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_datasets_iterable_yields_the_same_items(stores):
+    ds = _dataset(stores)
+    hf = ds.to_hf_dataset()
+    for ours, theirs in zip(islice(iter(ds), 6), islice(iter(hf), 6)):
+        assert ours["input_ids"].tolist() == theirs["input_ids"] and ours["labels"].tolist() == theirs["labels"]
+
+
+def test_stores_of_two_tokenizers_are_refused(stores, tmp_path):
+    from replaytune.data.store import write_store
+
+    other = write_store(tmp_path / "o", [np.arange(1, 200)], [np.arange(1, 50)], vocab_size=300, eos_id=0,
+                        tokenizer_fingerprint="other")
+    with pytest.raises(DataError, match="different tokenizers cannot be mixed"):
+        ReplayDataset.from_stores(stores["target"], other, replay_fraction=0.5, epochs=1, seq_len=L, batch_size=B)
+    assert isinstance(stores["target"], TokenStore)
