@@ -145,9 +145,8 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
                          "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)},
                         {"name": "finetune", "finetune": {"target_steps": T, "epochs": ft.epochs, "replay": rho, **names},
                          "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed,
-                         # evaluate 4 times in the fine-tuning phase (and at its end): the over-fitting
-                         # curve across epochs, at a cost that stays small next to the phase itself
-                         "eval_interval": max(1, plan.steps // 4)},
+                         # evaluate every 1/8 of the fine-tuning phase: the over-fitting curve across epochs
+                         "eval_interval": max(1, plan.steps // 8)},
                     ]
                     labels = {"setting": "finetune", "rho": rho, "alpha": None, "lr": lr, "x": T, "seed": seed,
                               "switch_step": N - plan.steps}
