@@ -59,6 +59,7 @@ class MidtrainGrid(_Frozen):
     epochs: float = Field(32, gt=0, description="Passes over the target data (gamma = T * epochs / steps).")
     replay: list[float] = Field([0.0, 0.25, 0.5, 0.75], description="Stage 2 replay fractions rho.")
     alpha: list[float] = Field([1.0, 0.25], description="Share of target data placed in Stage 2.")
+    seeds: list[int] | None = Field(None, description="Seeds of the mid-training runs (default: the study's seeds).")
     seed_alphas: list[float] = Field(
         [1.0], description="Alphas run with every seed of `seeds` (cheap for alpha = 1: the runs share Stage 1); "
         "the others run with the first seed only."
@@ -145,8 +146,9 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
                          "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)},
                         {"name": "finetune", "finetune": {"target_steps": T, "epochs": ft.epochs, "replay": rho, **names},
                          "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed,
-                         # evaluate every 1/8 of the fine-tuning phase: the over-fitting curve across epochs
-                         "eval_interval": max(1, plan.steps // 8)},
+                         # evaluate 4 times in the fine-tuning phase (and at its end): the over-fitting
+                         # curve across epochs, at a cost that stays small next to the phase itself
+                         "eval_interval": max(1, plan.steps // 4)},
                     ]
                     labels = {"setting": "finetune", "rho": rho, "alpha": None, "lr": lr, "x": T, "seed": seed,
                               "switch_step": N - plan.steps}
@@ -158,7 +160,8 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
         for alpha in mt.alpha:
             for rho in mt.replay:
                 plan = sched.two_stage(N, gamma, rho, alpha)
-                seeds = study.seeds if alpha in mt.seed_alphas else study.seeds[:1]
+                all_seeds = mt.seeds if mt.seeds is not None else study.seeds
+                seeds = all_seeds if alpha in mt.seed_alphas else all_seeds[:1]
                 for seed in seeds:
                     # seeds draw other unique target data; Stage 1 batches stay the same, so the
                     # alpha = 1 runs of every seed still share their pure-generic Stage 1
