@@ -294,7 +294,7 @@ def plot_overfitting(res: Results):
         ax.set_xlabel(f"epochs over the unique target data ({res.target})")
         ax.set_ylabel(f"target {LOSS}")
         ax.legend(fontsize=8)
-    fig.suptitle("Overfitting: training vs held-out target loss over repeated epochs (gap = memorization)")
+    fig.suptitle("Overfitting: training vs held-out target loss\nover repeated epochs (the gap is memorization)")
     res.notes.extend(f"Overfitting plot: skipped {s}." for s in skipped)
     return fig
 
