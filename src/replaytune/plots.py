@@ -179,6 +179,11 @@ def plot_fit(res: Results):
     for y, color, label in unplaced:
         ax.axhline(y, color=color, ls="--", lw=1, label=label)
     ax.set_xscale("log")
+    # y range from the measured losses: a steep or degenerate fit must not flatten the points
+    ys = list(fit.losses) + [p[1] for p in placed] + [u[0] for u in unplaced] + [fit.C]
+    if ys:
+        span = max(ys) - min(ys) or 0.1
+        ax.set_ylim(min(ys) - 0.15 * span, max(ys) + 0.25 * span)
     unit = res.meta.get("x_unit")
     ax.set_xlabel("unique target data x" + (f" ({unit})" if unit else "") + ", log scale; methods at their effective data")
     ax.set_ylabel(f"final held-out target {LOSS}")
