@@ -214,6 +214,17 @@ def headline(results: dict[str, Any]) -> list[str]:
             gl = "-" if g["generic_loss"] is None else f"{g['generic_loss']:.3f}"
             lines.append(f"  rho={g['rho']:<5g}{extra:14s} target {g['target_loss']:.3f}  generic {gl}")
     m = results.get("multipliers", {})
+    effi = results.get("efficiency") or {}
+    if not any(r["setting"] == "reference" for r in results["runs"]):
+        lines.append("target-data multipliers: not computed (no reference runs for this target)")
+        return lines
+    if "error" in effi:
+        lines.append(f"target-data multipliers: none ({effi['error']})")
+        return lines
+    if all(v is None for v in m.values()) and "fit" in effi:
+        lines.append(f"target-data multipliers: none - the reference fit is flat (C = {effi['fit']['C']:.3f}) and the "
+                     "methods' losses lie at or below C: no finite effective data (see report.md)")
+        return lines
     lines.append(
         f"target-data multipliers: fine-tuning replay {_fmt(m.get('finetune_replay'))}, "
         f"mid-training replay {_fmt(m.get('midtrain_replay'))}, full schedule {_fmt(m.get('full_schedule'))}"

@@ -43,5 +43,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2,
                    help="training processes at once, one thread each (default 2: faster than one process with "
                    "two threads for this model size on 2 cores)")
-    p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets (~4 min; checks the pipeline, results not meaningful)")
+    p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets (~3 min; checks the pipeline, results not meaningful)")
     p.set_defaults(func=_run)
