@@ -8,9 +8,12 @@ the old one in place.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
@@ -25,9 +28,29 @@ def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a temporary name in the same directory."""
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file through a temporary name in its directory (fsynced, then renamed).
+
+    A crash leaves either the old file or the new one, never a partial one, and no temporary.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,8 @@ import numpy as np
 
 from replaytune import efficiency as eff
 from replaytune.errors import DataError
+from replaytune.fsio import write_bytes
 from replaytune.plots import DPI, LABELS, PLOTS, SETTING_ORDER, Skip, _desc, _f, _mult_text
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Results:
@@ -311,10 +301,10 @@ def build_report(directory: str | Path, *, resamples: int = eff.RESAMPLES, seed:
             continue
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI)
-        _atomic_write(path, buf.getvalue())
+        write_bytes(path, buf.getvalue())
         written.append(path)
         done.append((name, title, caption))
     md = _markdown(res, done, skipped)
-    _atomic_write(d / "report.md", md.encode("utf-8"))
+    write_bytes(d / "report.md", md.encode("utf-8"))
     written.append(d / "report.md")
     return written

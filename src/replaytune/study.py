@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from replaytune import efficiency as eff
+from replaytune.fsio import write_text
 from replaytune import schedule as sched
 from replaytune.config import EvalConfig, ModelConfig, OptimConfig, RunConfig, validate
 
@@ -329,7 +330,7 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
     labelled_all: list[tuple[int, dict[str, Any], RunConfig]] = []
     for i, (study, out_dir) in enumerate(studies):
         out_dir.mkdir(parents=True, exist_ok=True)
-        sweep._atomic_write(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
+        write_text(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
         labelled_all += [(i, labels, cfg) for labels, cfg in build_runs(study)]
     tasks = sweep.build_tasks([cfg for _, _, cfg in labelled_all], runs_dir, share_prefixes=share_prefixes)
     result = sweep.execute(tasks, launcher, workers=workers)
@@ -341,6 +342,6 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
         mine = [(labels, t.run_dir) for (j, labels, _), t in zip(labelled_all, tasks) if j == i]
         results = collect(study, mine, out_dir)
         results["compute"] = compute
-        sweep._atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
+        write_text(out_dir / "results.json", json.dumps(results, indent=2))
         out.append(results)
     return out

@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import yaml
 
@@ -210,14 +210,11 @@ class TorchrunLauncher:
 
     def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
         task.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(task.run_dir / "sweep-config.yaml", cfgmod.dump_yaml(task.cfg))
+        write_text(task.run_dir / "sweep-config.yaml", cfgmod.dump_yaml(task.cfg))
         cmd = self.command(task, init_from)
         print("+", shlex.join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True)
         return json.loads((task.run_dir / "record.json").read_text())
-
-
-_atomic_write = write_text  # kept for callers of the old name
 
 
 def build_tasks(
@@ -432,10 +429,5 @@ def write_summary(out_dir: Path, tasks: Sequence[Task], result: SweepResult) -> 
     }
     path = Path(out_dir) / "sweep.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(summary, indent=2))
+    write_text(path, json.dumps(summary, indent=2))
     return path
-
-
-def iter_records(paths: Iterable[Path]) -> Iterable[Mapping[str, Any]]:
-    for p in paths:
-        yield json.loads((Path(p) / "record.json").read_text())

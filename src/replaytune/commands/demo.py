@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 
 
-def _fmt(v) -> str:
-    return "none (no finite effective data)" if v is None else f"{v:.2f}x"
-
-
 def _run(args) -> int:
     import json
     from pathlib import Path

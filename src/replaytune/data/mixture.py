@@ -157,12 +157,6 @@ class Mixture:
         cum = self._cum[self.steps if step is None else step]
         return {name: (float(c) / float(n) if n else 0.0) for name, c, n in zip(self.sources, cum, self.sizes)}
 
-    def count_table(self) -> np.ndarray:
-        """Read-only view of the per-step counts, [steps, sources]."""
-        view = self._counts.view()
-        view.flags.writeable = False
-        return view
-
     # -- ids -------------------------------------------------------------------------------
     def permutation(self, source: int, epoch: int) -> np.ndarray:
         key = (source, epoch)

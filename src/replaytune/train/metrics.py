@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 from replaytune.errors import ConfigError
+from replaytune.fsio import write_json, write_text
 
 METRICS = "metrics.jsonl"
 RECORD = "record.json"
@@ -34,24 +34,9 @@ CONFIG = "config.yaml"
 TIMING_KEYS = ("tokens_per_s", "elapsed_s")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+# the run directory's files are written atomically (fsio: temp name, fsync, rename)
+atomic_write_text = write_text
+atomic_write_json = write_json
 
 
 def clean(value: float | None) -> float | None:
