@@ -344,10 +344,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     base = path.parent
     data = apply_overrides(data, overrides or [])
     cfg = validate(data, str(path))
-    return _resolve_paths(cfg, base)
+    return resolve_paths(cfg, base)
 
 
-def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     """Store paths in a config file are relative to the file, unless absolute."""
     sources = {}
     for name, src in cfg.data.sources.items():

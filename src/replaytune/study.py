@@ -154,7 +154,6 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
                     labels = {"setting": "finetune", "rho": rho, "alpha": None, "lr": lr, "x": T, "seed": seed,
                               "switch_step": N - plan.steps}
                     runs.append((labels, validate(d, f"study run {name}")))
-    gamma = None
     if study.midtrain is not None:
         mt = study.midtrain
         gamma = T * mt.epochs / N

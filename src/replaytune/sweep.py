@@ -93,7 +93,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[li
         name = data.get("name", "run") + "".join(f"_{k.split('.')[-1]}={v}" for k, v in chosen.items())
         data["name"] = name
         cfg = cfgmod.validate(data, f"{path} (grid point {chosen})")
-        configs.append(cfgmod._resolve_paths(cfg, path.parent))
+        configs.append(cfgmod.resolve_paths(cfg, path.parent))
     return configs, out_dir
 
 

@@ -234,9 +234,9 @@ class RunPlan:
         # Only the sources this step draws from enter the hash, each by name, store fingerprint
         # and offset: a pre-training step on generic data is the same step in a run whose
         # target is Python and in one whose target is Basque (they share that prefix).
-        drawn = sorted(set(np.unique(src).tolist()))
-        names = [[self.sources[i], self.stores[self.sources[i]].fingerprint, self.first[self.sources[i]]] for i in drawn]
-        local = np.searchsorted(np.array(drawn, dtype=np.int64), src)
+        drawn = np.unique(src)  # sorted
+        names = [[self.sources[i], self.stores[self.sources[i]].fingerprint, self.first[self.sources[i]]] for i in drawn.tolist()]
+        local = np.searchsorted(drawn, src)
         digest = _hash(names, np.ascontiguousarray(local, dtype="<i8").tobytes(), np.ascontiguousarray(batch.ids, dtype="<i8").tobytes())
         return {"reset": self.reset_at(step), "lr": self.lr_at(step), "batch": digest[:16]}
 
