@@ -48,7 +48,7 @@ def test_finetune_budget_grows_by_the_replay_multiplier(m):
     w = plan.schedule.stages[0].weights
     assert w["target"] == pytest.approx(1 - rho) and w["generic"] == pytest.approx(rho)
     # the target data is still seen exactly 64 times over
-    assert plan.schedule.expected_sequences(plan.steps, 1)["target"] == pytest.approx(16 * 64)
+    assert w["target"] * plan.steps == pytest.approx(16 * 64)
 
 
 def test_finetune_rejects_rho_one_and_bad_sizes():
@@ -99,13 +99,13 @@ def test_uniform_and_constant():
     assert sched.constant("generic").sources == ("generic",)
 
 
-def test_durations_convert_exactly():
-    assert sched.Duration.parse("4M tokens").to_steps(batch_size=16, seq_len=128) == math.ceil(4e6 / 2048)
-    assert sched.Duration.parse(300).to_steps(16, 128) == 300
-    assert sched.convert(3, "steps", "tokens", 16, 128) == 3 * 16 * 128
-    assert sched.convert(17, "sequences", "steps", 16, 128) == 2
-    with pytest.raises(ValueError, match="unit"):
-        sched.Duration(1, "epochs")
+def test_finetune_with_unequal_units_counts_the_target_share_in_units():
+    # chat target: 9.6 loss tokens per 32-token sequence; text replay: 32; rho = 0.5 of tokens
+    plan = sched.finetune(100 / 8, 3, 0.5, units=(9.6, 32.0))
+    w = plan.weights
+    assert w["target"] == pytest.approx((0.5 / 9.6) / (0.5 / 9.6 + 0.5 / 32))
+    assert w["target"] * 9.6 / (w["target"] * 9.6 + w["generic"] * 32) == pytest.approx(0.5)
+    assert plan.steps == math.ceil(100 * 3 / (8 * w["target"]))  # the target still seen 3 times
 
 
 def test_lr_shapes():

@@ -201,10 +201,7 @@ def headline(results: dict[str, Any]) -> list[str]:
         if not rows:
             continue
         if setting == "finetune":  # best LR per rho
-            best: dict[float, dict] = {}
-            for g in rows:
-                if g["rho"] not in best or g["target_loss"] < best[g["rho"]]["target_loss"]:
-                    best[g["rho"]] = g
+            best = eff.best_per(rows, lambda g: g["rho"])
             rows = [best[r] for r in sorted(best)]
         sd = (noise.get(setting) or {}).get("target")
         sd_txt = f" (seed-to-seed std {sd:.3f})" if sd is not None else " (one seed: noise not measured)"

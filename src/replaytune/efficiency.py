@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -360,6 +360,36 @@ def _best(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(groups, key=lambda g: g["target_loss"]) if groups else None
 
 
+def best_per(groups: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Any]) -> dict[Any, dict[str, Any]]:
+    """The group with the lowest mean target loss for each ``key(group)``, keys in first-seen order.
+
+    With ``key = (rho, alpha)`` over the groups of one setting this is "the best LR of each
+    configuration", the paper's choice (ties keep the first group seen).
+    """
+    out: dict[Any, dict[str, Any]] = {}
+    for g in groups:
+        k = key(g)
+        if k not in out or g["target_loss"] < out[k]["target_loss"]:
+            out[k] = g  # type: ignore[assignment]
+    return out
+
+
+def pooled_std(groups: Iterable[Mapping[str, Any]], which: str = "target") -> float | None:
+    """Seed-to-seed std of one run's final loss, pooled over configurations run with seeds.
+
+    ``sqrt(sum_g sum_s (L_gs - mean_g)^2 / sum_g (n_g - 1))``: the pooled variance, which
+    weights each configuration by its degrees of freedom (averaging the per-group stds would
+    bias low and overweight groups with two seeds). None when no group has two seeds.
+    """
+    devs, dof = 0.0, 0
+    for g in groups:
+        vals = np.asarray(g[f"{which}_losses"], dtype=float)
+        if vals.size > 1:
+            devs += float(np.sum((vals - vals.mean()) ** 2))
+            dof += vals.size - 1
+    return math.sqrt(devs / dof) if dof else None
+
+
 def best_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """The paper's three comparisons, or None where the runs for one are missing.
 
@@ -430,11 +460,6 @@ def compare_best(
     return out
 
 
-def paper_multipliers(fit: Fit, runs: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
-    """``{"finetune_replay", "midtrain_replay", "full_schedule"}`` -> number or None (results.json)."""
-    return {k: (v["multiplier"] if v else None) for k, v in compare_best(fit, runs).items()}
-
-
 # -- the `replaytune efficiency` input and output -------------------------------------------------
 
 
@@ -496,7 +521,7 @@ def analyze(
     seed: int = 0,
     level: float = LEVEL,
 ) -> dict[str, Any]:
-    """The JSON-ready result of ``replaytune efficiency`` (the study calls this too).
+    """The JSON-ready result of ``replaytune efficiency``.
 
     ``{"fit": {A, B, C, rmse, n_points, method}, "baseline": name, "runs": {name: {loss,
     effective_x, multiplier}}}``; with ``resamples`` > 0 every run also gets

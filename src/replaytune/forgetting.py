@@ -24,7 +24,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from replaytune.train.metrics import RECORD, atomic_write_json, atomic_write_text, read_metrics
+from replaytune.rundir import RECORD
+from replaytune.train.metrics import atomic_write_json, atomic_write_text, read_metrics
 
 REPORT_JSON = "forgetting.json"
 REPORT_MD = "forgetting.md"

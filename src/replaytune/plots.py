@@ -1,4 +1,4 @@
-"""The study's five plots, each a function of the loaded results (:class:`replaytune.report.Results`).
+"""The study's five plots, each a function of the loaded results (:class:`replaytune.results.Results`).
 
 Every plot raises :class:`Skip` with the reason when its data is missing; the report
 notes it instead of failing. Colours are fixed across plots: blue with replay, red without.
@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from replaytune.results import Skip
+
 if TYPE_CHECKING:
-    from replaytune.report import Results
+    from replaytune.results import Results
 
 
 def _f(v: Any, spec: str = ".4f") -> str:
@@ -48,10 +50,6 @@ LABELS = {
     "full_schedule": ("mid-training, best (rho, alpha)", "mid-training, rho=0, alpha=1"),
 }
 SETTING_ORDER = {"pretrain": 0, "reference": 1, "finetune": 2, "midtrain": 3}
-
-
-class Skip(Exception):
-    """A plot cannot be drawn from the records; the message says what is missing."""
 
 
 # -- small helpers -----------------------------------------------------------------------------

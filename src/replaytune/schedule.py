@@ -1,4 +1,4 @@
-"""Mixture schedules, the paper's schedule constructors, durations and LR schedules.
+"""Mixture schedules, the paper's schedule constructors and LR schedules.
 
 A *schedule* is a validated list of stages. Each stage starts at a step and gives a
 weight to every source; weights are normalized when the schedule is built, so a stage
@@ -119,14 +119,6 @@ class Schedule:
             spans.append((st.start_step, min(end, steps), st))
         return spans
 
-    def expected_sequences(self, steps: int, batch_size: int) -> dict[str, float]:
-        """Weighted share of sequences each source gets over ``steps`` steps (not rounded)."""
-        out = {name: 0.0 for name in self.sources}
-        for start, end, st in self.stage_spans(steps):
-            for name, w in st.weights.items():
-                out[name] += w * batch_size * (end - start)
-        return out
-
     def to_dict(self) -> dict[str, Any]:
         return {"stages": [s.to_dict() for s in self.stages]}
 
@@ -134,12 +126,6 @@ class Schedule:
     def from_dict(cls, data: Mapping[str, Any]) -> "Schedule":
         stages = data["stages"] if isinstance(data, Mapping) and "stages" in data else data
         return cls(stages)
-
-    def renamed(self, mapping: Mapping[str, str]) -> "Schedule":
-        """The same schedule with sources renamed (e.g. target -> 'python')."""
-        return Schedule(
-            Stage(st.start_step, {mapping.get(k, k): w for k, w in st.weights.items()}) for st in self.stages
-        )
 
 
 # --------------------------------------------------------------------------------------
@@ -149,13 +135,17 @@ class Schedule:
 
 @dataclass(frozen=True)
 class FinetunePlan:
-    """A fine-tuning stage: ``steps`` steps, target weight 1 - rho."""
+    """A fine-tuning stage: ``steps`` steps at the schedule's weights (target share 1 - rho)."""
 
     schedule: Schedule
     steps: int
-    target_steps: int
+    target_steps: float  # unique target data in batches (not always whole: a user's file)
     epochs: float
     replay: float
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(self.schedule.stages[0].weights)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,22 +158,47 @@ class FinetunePlan:
         }
 
 
-def finetune(target_steps: int, epochs: float, replay: float, *, target: str = TARGET, generic: str = GENERIC) -> FinetunePlan:
-    """Fine-tuning with replay fraction ``replay`` (rho).
+def finetune(
+    target_steps: float,
+    epochs: float,
+    replay: float,
+    *,
+    units: tuple[float, float] | None = None,
+    target: str = TARGET,
+    generic: str = GENERIC,
+) -> FinetunePlan:
+    """Fine-tuning with replay fraction ``replay`` (rho): the one route from rho to a schedule.
 
-    The target data (``target_steps`` batches' worth) is seen ``epochs`` times whatever
-    rho is; the stage grows to ``target_steps * epochs / (1 - rho)`` steps, rounded up,
-    the extra steps being generic data. rho = 1 - 1/m for the paper's multipliers m.
+    The target data (``target_steps`` batches' worth, a whole number in the paper's study, any
+    positive amount for a user's file) is seen ``epochs`` times whatever rho is; the stage
+    grows to ``target_steps * epochs / w_target`` steps, rounded up, the extra steps being
+    generic data. rho = 1 - 1/m for the paper's multipliers m.
+
+    ``units = (m_target, m_generic)``: what one sequence of each source brings in the unit rho
+    counts (loss-bearing tokens per sequence, for chat data with masked prompts). Sequence
+    weights are then ``w ~ share / m``: ``w_target = ((1 - rho) / m_t) / ((1 - rho) / m_t +
+    rho / m_g)``. Equal units (text on both sides, the paper) give exactly ``1 - rho`` and
+    ``target_steps * epochs / (1 - rho)`` (64 epochs x 1 batch = 64 steps; rho = 0.5: 128).
     """
-    if int(target_steps) != target_steps or target_steps < 1:
-        raise ScheduleError(f"target_steps must be a positive integer, got {target_steps}")
+    if not (target_steps > 0 and math.isfinite(target_steps)):
+        raise ScheduleError(f"target_steps must be > 0, got {target_steps}")
     if not (epochs > 0 and math.isfinite(epochs)):
         raise ScheduleError(f"epochs must be > 0, got {epochs}")
     rho = _check_fraction("replay fraction rho", replay, low=0.0, high=1.0, high_open=True)
-    exact = target_steps * epochs / (1.0 - rho)
+    if rho == 0:
+        weights = {target: 1.0, generic: 0.0}  # generic kept: its held-out loss measures forgetting
+    elif units is None or units[0] == units[1]:
+        weights = {target: 1.0 - rho, generic: rho}
+    else:
+        m_t, m_g = (float(u) for u in units)
+        if not (m_t > 0 and m_g > 0):
+            raise ScheduleError(f"units per sequence must be > 0, got target {m_t:g}, generic {m_g:g}")
+        a, b = (1.0 - rho) / m_t, rho / m_g
+        weights = {target: a / (a + b), generic: b / (a + b)}
+    exact = target_steps * epochs / weights[target]
     steps = max(1, math.ceil(exact - 1e-9))  # 1e-9: 16 * 64 / (1 - 0.75) is 4096, not 4096.0000001
-    weights = {target: 1.0 - rho, generic: rho} if rho > 0 else {target: 1.0, generic: 0.0}
-    return FinetunePlan(Schedule([Stage(0, weights)]), steps, int(target_steps), float(epochs), rho)
+    ts = int(target_steps) if float(target_steps).is_integer() else float(target_steps)
+    return FinetunePlan(Schedule([Stage(0, weights)]), steps, ts, float(epochs), rho)
 
 
 @dataclass(frozen=True)
@@ -274,56 +289,6 @@ def uniform(gamma: float, *, target: str = TARGET, generic: str = GENERIC) -> Sc
 def constant(source: str) -> Schedule:
     """A single source for the whole run (pre-training on generic data)."""
     return Schedule([Stage(0, {source: 1.0})])
-
-
-# --------------------------------------------------------------------------------------
-# Durations: data efficiency depends on exact token counts, so units are explicit.
-# --------------------------------------------------------------------------------------
-
-UNITS = ("steps", "sequences", "tokens")
-
-
-@dataclass(frozen=True)
-class Duration:
-    """A length of training in steps, sequences or tokens (``"1000 steps"``, ``"4M tokens"``)."""
-
-    value: float
-    unit: str = "steps"
-
-    def __post_init__(self):
-        if self.unit not in UNITS:
-            raise ValueError(f"duration unit must be one of {UNITS}, got {self.unit!r}")
-        if self.value < 0:
-            raise ValueError(f"duration must be >= 0, got {self.value}")
-
-    @classmethod
-    def parse(cls, text: str | int | float) -> "Duration":
-        if isinstance(text, (int, float)):
-            return cls(float(text), "steps")
-        parts = str(text).strip().split()
-        if len(parts) == 1:
-            parts.append("steps")
-        if len(parts) != 2:
-            raise ValueError(f"cannot read duration {text!r}: write e.g. '1000 steps' or '4M tokens'")
-        num, unit = parts
-        scale = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1e9}.get(num[-1], 1.0)
-        num = num[:-1] if scale != 1.0 else num
-        unit = unit if unit.endswith("s") else unit + "s"
-        return cls(float(num) * scale, unit)
-
-    def to_steps(self, batch_size: int, seq_len: int) -> int:
-        """Steps needed to cover this duration (rounded up)."""
-        return convert(self.value, self.unit, "steps", batch_size, seq_len)
-
-
-def convert(value: float, src: str, dst: str, batch_size: int, seq_len: int) -> int:
-    """Convert between steps, sequences and tokens; a step is ``batch_size`` sequences of
-    ``seq_len`` predicted tokens. Converting to a coarser unit rounds up."""
-    per = {"steps": batch_size * seq_len, "sequences": seq_len, "tokens": 1}
-    if src not in per or dst not in per:
-        raise ValueError(f"units must be among {UNITS}")
-    tokens = value * per[src]
-    return int(math.ceil(tokens / per[dst] - 1e-9))
 
 
 # --------------------------------------------------------------------------------------

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from replaytune import efficiency as eff
+from replaytune import rundir
 from replaytune.fsio import write_text
 from replaytune import schedule as sched
 from replaytune.config import EvalConfig, ModelConfig, OptimConfig, RunConfig, validate
@@ -202,7 +202,7 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
     """Build results.json content from the run directories' record.json files."""
     rows = []
     for labels, run_dir in labelled:
-        record = json.loads((run_dir / "record.json").read_text())
+        record = rundir.read_record(run_dir)
         rows.append({
             "name": record.get("name", run_dir.name), **labels,
             "target_loss": _final(record, study.target_name),
@@ -223,14 +223,17 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
 def analyse(rows: list[dict[str, Any]], resamples: int = 200) -> dict[str, Any]:
     """Fit the reference curve and compute the paper's multipliers (replaytune.efficiency),
     plus seed-to-seed noise per setting (std of the target loss over seeds, pooled)."""
+    groups = eff.group_runs(rows)
     noise: dict[str, dict[str, float]] = {}
-    for g in eff.group_runs(rows):
+    for setting in dict.fromkeys(g["setting"] for g in groups):
+        mine = [g for g in groups if g["setting"] == setting]
         for which in ("target", "generic"):
-            if g[f"{which}_std"] is not None:
-                noise.setdefault(g["setting"], {}).setdefault(which, []).append(g[f"{which}_std"])  # type: ignore[arg-type]
+            sd = eff.pooled_std(mine, which)
+            if sd is not None:
+                noise.setdefault(setting, {})[which] = sd
     out: dict[str, Any] = {
         "multipliers": {"finetune_replay": None, "midtrain_replay": None, "full_schedule": None},
-        "noise": {s: {w: statistics.fmean(v) for w, v in d.items()} for s, d in noise.items()},
+        "noise": noise,
     }
     xs, losses = eff.reference_points(rows)
     try:

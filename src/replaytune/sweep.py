@@ -15,7 +15,7 @@ Prefix sharing
     earlier run with which it shares the longest prefix, which saves a checkpoint at that
     step. For any order, the steps computed equal the number of distinct prefixes (the
     nodes of the trie of runs), the least possible. Branching is exact: the result is
-    bit-identical to the run computed alone (tests/test_sweep.py checks it end to end).
+    bit-identical to the run computed alone (tests/train/test_sweep_study.py checks it end to end).
 
 Launchers
     Runs execute one after another in this process by default (:class:`LocalLauncher`).
@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import yaml
 
 from replaytune import config as cfgmod
+from replaytune import rundir
 from replaytune.config import RunConfig
 from replaytune.errors import ConfigError
 from replaytune.fsio import write_text
@@ -180,9 +181,9 @@ class LocalLauncher:
     def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
         from replaytune.train import train
 
-        # resume a run that was interrupted; a fresh run (no checkpoint yet) starts from its branch point
-        resume = (task.run_dir / "checkpoints").is_dir() and any((task.run_dir / "checkpoints").iterdir())
-        return train(task.cfg, resume=resume, init_from=None if resume else init_from, save_at=task.save_at,
+        # a started run continues from its last checkpoint, or (killed before one) starts again
+        # from its branch point: the loop prefers a checkpoint to init_from
+        return train(task.cfg, resume=rundir.is_started(task.run_dir), init_from=init_from, save_at=task.save_at,
                      progress=self.progress, callbacks=self.callbacks)
 
 
@@ -214,7 +215,7 @@ class TorchrunLauncher:
         cmd = self.command(task, init_from)
         print("+", shlex.join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True)
-        return json.loads((task.run_dir / "record.json").read_text())
+        return rundir.read_record(task.run_dir)
 
 
 def build_tasks(
@@ -266,16 +267,16 @@ class SweepResult:
 
 def branch_checkpoint(task: Task, step: int) -> Path:
     """Where the checkpoint others branch from lives (kept, never rotated away)."""
-    return task.run_dir / "checkpoints" / f"step-{step:08d}"
+    return rundir.checkpoint_dir(task.run_dir, step)
 
 
 def _decide(task: Task, tasks: Sequence[Task]) -> tuple[Mapping[str, Any] | None, Path | None, str]:
     """(record if finished earlier, checkpoint to branch from, how it starts) for one task."""
-    done = task.run_dir / "record.json"
+    finished = rundir.is_finished(task.run_dir)
     needed = [s for s in task.save_at if not branch_checkpoint(task, s).exists()]
-    later_needs = any(o.branch_from == task.index and not (o.run_dir / "record.json").exists() for o in tasks)
-    if done.exists() and not (needed and later_needs):
-        return json.loads(done.read_text()), None, "finished earlier, skipped"
+    later_needs = any(o.branch_from == task.index and not rundir.is_finished(o.run_dir) for o in tasks)
+    if finished and not (needed and later_needs):
+        return rundir.read_record(task.run_dir), None, "finished earlier, skipped"
     init_from, how = None, "from scratch"
     if task.branch_from is not None:
         ck = branch_checkpoint(tasks[task.branch_from], task.branch_step)
@@ -284,8 +285,8 @@ def _decide(task: Task, tasks: Sequence[Task]) -> tuple[Mapping[str, Any] | None
             how = f"branching at step {task.branch_step} from {tasks[task.branch_from].cfg.name}"
         else:
             how = f"branch checkpoint {ck} missing, computing from scratch"
-    if done.exists():  # finished, but checkpoints that later runs branch from are gone: redo it
-        done.unlink()
+    if finished:  # finished, but checkpoints that later runs branch from are gone: redo it
+        (task.run_dir / rundir.RECORD).unlink()
     return None, init_from, how
 
 
@@ -341,10 +342,8 @@ def _worker_train(cfg_json: str, init_from: str | None, save_at: list[int], queu
 
     torch.set_num_threads(1)
     cfg = RunConfig.model_validate_json(cfg_json)
-    ck = Path(cfg.out_dir) / "checkpoints"
-    resume = ck.is_dir() and any(ck.iterdir())
     callbacks = [] if queue is None else [lambda trainer: queue.put((index, trainer.step))]
-    return train(cfg, resume=resume, init_from=None if resume or init_from is None else Path(init_from),
+    return train(cfg, resume=rundir.is_started(cfg.out_dir), init_from=None if init_from is None else Path(init_from),
                  save_at=save_at, progress=False, callbacks=callbacks)
 
 

@@ -208,7 +208,7 @@ def test_best_runs_missing_settings_and_losing_replay():
     assert best["finetune_replay"] is None
     assert best["midtrain_replay"]["method"]["name"] == "m"  # replay kept even though it lost: multiplier < 1
     fit = eff.Fit(1.0, 0.5, 2.0)
-    mult = eff.paper_multipliers(fit, worse)
+    mult = {k: (v["multiplier"] if v else None) for k, v in eff.compare_best(fit, worse).items()}
     assert mult["midtrain_replay"] == pytest.approx((1.0 / 1.1) ** 2 / (1.0 / 1.0) ** 2)
     assert mult["finetune_replay"] is None
 
@@ -288,3 +288,18 @@ def test_cli_bad_input_exits_2_naming_file_and_field(tmp_path, capsys, content, 
     assert err.startswith(f"replaytune efficiency: error: {path}: ")
     assert message in err
     assert len(err.splitlines()) == 1
+
+
+def test_pooled_std_weights_groups_by_degrees_of_freedom():
+    groups = [{"target_losses": [1.0, 3.0]}, {"target_losses": [2.0, 2.0, 2.0]}, {"target_losses": [5.0]}]
+    # deviations: 1 + 1 over 1 dof, 0 over 2 dof -> sqrt(2 / 3); the mean of stds would be sqrt(2) / 2
+    assert eff.pooled_std(groups) == pytest.approx(math.sqrt(2 / 3))
+    assert eff.pooled_std([{"target_losses": [1.0]}]) is None
+
+
+def test_best_per_keeps_lowest_loss_per_key_in_first_seen_order():
+    groups = [{"rho": 0.5, "lr": 1, "target_loss": 3.0}, {"rho": 0.0, "lr": 1, "target_loss": 2.0},
+              {"rho": 0.5, "lr": 2, "target_loss": 2.5}, {"rho": 0.0, "lr": 2, "target_loss": 2.0}]
+    best = eff.best_per(groups, lambda g: g["rho"])
+    assert list(best) == [0.5, 0.0]
+    assert best[0.5]["lr"] == 2 and best[0.0]["lr"] == 1  # a tie keeps the first seen

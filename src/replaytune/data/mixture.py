@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from replaytune.errors import ConfigError
 from replaytune.schedule import Schedule, ScheduleError
 
 _SHUFFLE_TAG = 0x5EED5EED  # separates the in-batch shuffle stream from per-source streams
@@ -58,6 +59,23 @@ class Batch:
     def counts(self) -> dict[str, int]:
         c = np.bincount(self.source_index, minlength=len(self.sources))
         return {name: int(c[i]) for i, name in enumerate(self.sources)}
+
+
+def shard(batch_size: int, rank: int, world: int) -> slice:
+    """The positions of the global batch that rank ``rank`` of ``world`` trains on.
+
+    Contiguous ``[r*B/w, (r+1)*B/w)``: the union over ranks is the global batch, in its
+    order, so the global batch does not depend on the number of processes.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"rank {rank} is not in a world of size {world}")
+    if batch_size % world:
+        raise ConfigError(
+            f"global batch size {batch_size} does not divide by world size {world} "
+            f"(data.batch_size: use a multiple of {world})"
+        )
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
 
 
 class Mixture:
@@ -201,15 +219,10 @@ class Mixture:
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         """Rank ``rank``'s contiguous slice of the global batch (B must divide by world)."""
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in a world of size {world}")
-        if self.batch_size % world:
-            raise ValueError(f"global batch size {self.batch_size} does not divide by world size {world}")
+        sl = shard(self.batch_size, rank, world)
         g = self.global_batch(step)
         if world == 1:
             return g
-        per = self.batch_size // world
-        sl = slice(rank * per, (rank + 1) * per)
         return Batch(step, g.sources, g.source_index[sl], g.ids[sl], g.epochs[sl])
 
     def describe(self, step: int) -> dict[str, Any]:

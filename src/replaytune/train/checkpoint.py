@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +34,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from replaytune import rundir
 from replaytune.errors import DataError, ReplaytuneError
+from replaytune.rundir import STATE, step_name
 from replaytune.train.distributed import Dist
 from replaytune.train.plan import RunPlan, base_signature, chain
 
-DIRNAME = "checkpoints"
-_NAME = re.compile(r"^step-(\d{8})$")
+DIRNAME = rundir.CHECKPOINTS
 
 
 class CheckpointError(ReplaytuneError):
@@ -49,10 +49,6 @@ class CheckpointError(ReplaytuneError):
 
 class CheckpointMismatch(ReplaytuneError):
     """A checkpoint was made by a run whose first steps differ from this one."""
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 @dataclass
@@ -75,7 +71,7 @@ class Checkpoint:
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """A complete checkpoint folder (``.../checkpoints/step-XXXXXXXX``)."""
     p = Path(path)
-    state_file = p / "state.json"
+    state_file = p / STATE
     if not p.is_dir():
         raise DataError(f"checkpoint not found: {p} (expected a folder out_dir/checkpoints/step-XXXXXXXX)")
     if not state_file.is_file():
@@ -89,14 +85,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
 def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
     """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / DIRNAME
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        if _NAME.match(child.name) and (child / "state.json").is_file():
-            found.append(open_checkpoint(child))
-    return sorted(found, key=lambda c: c.step)
+    return [open_checkpoint(rundir.checkpoint_dir(run_dir, s)) for s in rundir.checkpoint_steps(run_dir)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
@@ -105,8 +94,7 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
 
 
 def find_checkpoint(run_dir: str | Path, step: int) -> Checkpoint:
-    path = Path(run_dir) / DIRNAME / step_name(step)
-    return open_checkpoint(path)
+    return open_checkpoint(rundir.checkpoint_dir(run_dir, step))
 
 
 # ------------------------------------------------------------------------------------------
@@ -228,7 +216,7 @@ def save_checkpoint(
         torch.save(rng_state(), tmp / f"rng-{dist.rank}.pt")
         if dist.is_main:
             (tmp / "history.json").write_text(json.dumps(dict(history)))
-            (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))  # last: marks complete
+            (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=1))  # last: marks complete
             _fsync_tree(tmp)
     except Exception as exc:  # noqa: BLE001 - any failure must leave nothing behind
         error = exc

@@ -39,12 +39,14 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from replaytune.config import RunConfig, dump_yaml
+from replaytune.data.mixture import shard
 from replaytune.errors import ReplaytuneError
 from replaytune.model import build_model, is_peft, load_tokenizer, save_model
 from replaytune.train import checkpoint as ck
 from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
 from replaytune.train.evaluation import IGNORE, auto_interval, eval_set, evaluate, make_inputs, sequence_losses
-from replaytune.train.metrics import CONFIG, METRICS, RECORD, MetricsLog, Progress, atomic_write_json, atomic_write_text, clean, prefix_lines
+from replaytune.rundir import CONFIG, METRICS, RECORD
+from replaytune.train.metrics import MetricsLog, Progress, atomic_write_json, atomic_write_text, clean, prefix_lines
 from replaytune.train.optim import make_optimizer
 from replaytune.train.plan import RunPlan, base_signature, chain, open_stores, step_signatures
 
@@ -117,7 +119,8 @@ class Trainer:
                     verdict = ("done", json.loads(record.read_text()))  # finished: nothing left to do
                 elif not ck.list_checkpoints(self.run_dir):
                     # "resume if possible" (what a sweep executor wants): start from step 0
-                    warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting the run from step 0")
+                    start = f"from {self.init_from}" if self.init_from is not None else "from step 0"
+                    warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting the run {start}")
             elif record.exists() or (self.run_dir / METRICS).exists() or ck.list_checkpoints(self.run_dir):
                 verdict = ("used", f"{self.run_dir} already holds a run; continue it with --resume or choose another --out")
         kind, value = self.dist.broadcast(verdict)
@@ -126,12 +129,22 @@ class Trainer:
         return value if kind == "done" else None
 
     def _run(self) -> dict[str, Any]:
-        import torch
-
-        cfg, dist = self.cfg, self.dist
         done = self._check_run_dir()
         if done is not None:
             return done
+        self._build()
+        source, branch = self._starting_point()
+        self._restore(source)
+        self._open_records(source, branch)
+        return self._loop()
+
+    def _build(self) -> None:
+        """Plan, model, optimizer and seeds (the same on every start, fresh or resumed)."""
+        import random
+
+        import torch
+
+        cfg, dist = self.cfg, self.dist
         self.precision = resolve_precision(cfg.dtype, dist.device)
         if self.precision == "bf16" and dist.device == "cpu":
             warnings.warn("dtype bf16 on CPU: bf16 autocast is ~12x slower than fp32 on CPUs without bf16 units")
@@ -140,13 +153,10 @@ class Trainer:
         late = [s for s in self.save_at if s > plan.total_steps]
         if late:
             raise ReplaytuneError(f"checkpoint.save_at: step {late[0]} is beyond the run's {plan.total_steps} steps")
-        if cfg.data.batch_size % dist.world:
-            plan.rank_slice(0, None, dist.rank, dist.world)  # raises the explanatory ConfigError
+        self.shard = shard(cfg.data.batch_size, dist.rank, dist.world)  # this rank's part of every batch
 
         torch.manual_seed(cfg.seed + dist.rank)
         np.random.seed((cfg.seed + dist.rank) % 2**32)
-        import random
-
         random.seed(cfg.seed + dist.rank)
         self.model = self.build_model()
         # from_pretrained returns a model in eval mode: dropout (LoRA's included) must be on
@@ -156,47 +166,56 @@ class Trainer:
         self.wrapped = wrap(self.model, dist, cfg.parallel, self.precision, compile=cfg.compile)
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.execution = {"world": dist.world, "micro_batch_size": cfg.data.micro_batch_size, "parallel": cfg.parallel, "compile": cfg.compile}
 
-        # -- where to start -----------------------------------------------------------------
+    def _starting_point(self) -> tuple[ck.Checkpoint | None, bool]:
+        """(checkpoint to start from, whether it is another run's: a branch)."""
         source = None
         if self.resume:
-            if dist.is_main:
+            if self.dist.is_main:
                 ck.clean_temporaries(self.run_dir)
-            dist.barrier()
+            self.dist.barrier()
             source = ck.latest_checkpoint(self.run_dir)
         branch = source is None and self.init_from is not None
         if branch:
             source = ck.open_checkpoint(self.init_from)
-        self.execution = {"world": dist.world, "micro_batch_size": cfg.data.micro_batch_size, "parallel": cfg.parallel, "compile": cfg.compile}
+        return source, branch
+
+    def _restore(self, source: ck.Checkpoint | None) -> None:
+        """Weights, optimizer, step, running sums and timers from ``source`` (or a fresh start)."""
+        plan = self.plan
         self.acc = self._empty_acc()
         self.window: deque = deque(maxlen=FINAL_WINDOW)
         self.last_eval: dict[str, float | None] | None = None
-        elapsed0, train_time0 = 0.0, 0.0
-        if source is not None:
-            self.sig, self.entries = ck.check_compatible(source, plan)
-            for w in ck.execution_warnings(source, self.execution):
-                warnings.warn(w)
-            ck.restore_checkpoint(source, model=self.model, optimizer=self.optimizer, dist=dist, parallel=cfg.parallel, trainable_only=self.trainable_only)
-            st = source.state
-            self.step = source.step
-            # per-source sums are positional: map them from the checkpoint's sources to ours by
-            # name (a branch may have other sources, e.g. another target; the shared steps drew
-            # only from sources both runs have, so what is missing here is zero)
-            order = self._from_sources(st.get("sources", list(plan.sources)))
-            self.acc = {**st["acc"], "src_sum": order(st["acc"]["src_sum"]), "src_tok": order(st["acc"]["src_tok"])}
-            self.window.extend([order(sums), order(toks)] for sums, toks in st["window"])
-            # a parent run's last evaluation counts only if it scored the same sequences
-            self.last_eval = st["last_eval"] if st.get("eval_signature") == self._eval_signature() else None
-            elapsed0, train_time0 = st["elapsed_s"], st["train_time_s"]
-            self.last_checkpoint = source.path
-        else:
+        self._elapsed0, self.train_time = 0.0, 0.0
+        if source is None:
             self.sig, self.entries = base_signature(plan.base()), []
+            return
+        self.sig, self.entries = ck.check_compatible(source, plan)
+        for w in ck.execution_warnings(source, self.execution):
+            warnings.warn(w)
+        ck.restore_checkpoint(source, model=self.model, optimizer=self.optimizer, dist=self.dist,
+                              parallel=self.cfg.parallel, trainable_only=self.trainable_only)
+        st = source.state
+        self.step = source.step
+        # per-source sums are positional: map them from the checkpoint's sources to ours by
+        # name (a branch may have other sources, e.g. another target; the shared steps drew
+        # only from sources both runs have, so what is missing here is zero)
+        order = self._from_sources(st.get("sources", list(plan.sources)))
+        self.acc = {**st["acc"], "src_sum": order(st["acc"]["src_sum"]), "src_tok": order(st["acc"]["src_tok"])}
+        self.window.extend([order(sums), order(toks)] for sums, toks in st["window"])
+        # a parent run's last evaluation counts only if it scored the same sequences
+        self.last_eval = st["last_eval"] if st.get("eval_signature") == self._eval_signature() else None
+        self._elapsed0, self.train_time = st["elapsed_s"], st["train_time_s"]
+        self.last_checkpoint = source.path
 
-        # -- records --------------------------------------------------------------------------
-        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=cfg.tensorboard)
+    def _open_records(self, source: ck.Checkpoint | None, branch: bool) -> None:
+        """config.yaml and metrics.jsonl: fresh, cut back to the checkpoint, or a branch's prefix."""
+        dist = self.dist
+        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=self.cfg.tensorboard)
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG, dump_yaml(cfg))
+            atomic_write_text(self.run_dir / CONFIG, dump_yaml(self.cfg))
             if source is not None and not branch:
                 for w in self.metrics.open(truncate_to=source.state["metrics_offset"]):
                     warnings.warn(w)
@@ -207,6 +226,9 @@ class Trainer:
                 self.metrics.open()
         dist.barrier()
 
+    def _loop(self) -> dict[str, Any]:
+        """Updates from the current step to the end, with logging, evaluation and checkpoints."""
+        cfg, plan = self.cfg, self.plan
         self.eval_ids = eval_set(self.stores, cfg.data.seq_len, cfg.eval.sequences)
         n_eval = sum(len(v) for v in self.eval_ids.values())
         interval = cfg.eval.interval if cfg.eval.interval is not None else auto_interval(plan.total_steps, cfg.data.batch_size, n_eval)
@@ -215,9 +237,7 @@ class Trainer:
         ckpt_steps = set(plan.phase_ends()) | set(self.save_at)
 
         self._t0 = time.perf_counter()
-        self._elapsed0 = elapsed0
-        self.train_time = train_time0
-        self.progress = Progress(plan.total_steps, self.step, enabled=dist.is_main and cfg.progress, desc=cfg.name)
+        self.progress = Progress(plan.total_steps, self.step, enabled=self.dist.is_main and cfg.progress, desc=cfg.name)
         if self.step == 0 and cfg.eval.at_start:
             self._evaluate(0)
         while self.step < plan.total_steps:
@@ -269,7 +289,7 @@ class Trainer:
         self.entries.append(entry)
         self.sig = chain(self.sig, entry)
         t0 = time.perf_counter()
-        sl = plan.rank_slice(s, batch, dist.rank, dist.world)
+        sl = self.shard
         x, y = self._load(src[sl], batch.ids[sl])
         dev = dist.device
         xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)

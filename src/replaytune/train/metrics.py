@@ -27,10 +27,8 @@ from typing import Any, Mapping
 
 from replaytune.errors import ConfigError
 from replaytune.fsio import write_json, write_text
+from replaytune.rundir import METRICS
 
-METRICS = "metrics.jsonl"
-RECORD = "record.json"
-CONFIG = "config.yaml"
 TIMING_KEYS = ("tokens_per_s", "elapsed_s")
 
 

@@ -186,15 +186,6 @@ class RunPlan:
         b = p.mixture.global_batch(ps)
         return b, self._index[p.index][b.source_index]
 
-    def rank_slice(self, step: int, batch: Batch, rank: int, world: int) -> slice:
-        if self.batch_size % world:
-            raise ConfigError(
-                f"data.batch_size {self.batch_size} does not divide by the number of processes ({world}); "
-                f"use a multiple of {world}"
-            )
-        per = self.batch_size // world
-        return slice(rank * per, (rank + 1) * per)
-
     def sequences_seen(self, completed: int) -> dict[str, int]:
         """Training sequences drawn from each source by the first ``completed`` updates."""
         out = {name: 0 for name in self.sources}
