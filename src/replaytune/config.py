@@ -28,8 +28,11 @@ from replaytune import schedule as sched
 from replaytune.errors import ConfigError
 
 
-class _Frozen(BaseModel):
+class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_Frozen = Frozen  # the name used inside this module
 
 
 class SourceConfig(_Frozen):
@@ -112,7 +115,8 @@ class LRConfig(_Frozen):
 
 
 class FinetuneSpec(_Frozen):
-    target_steps: int = Field(ge=1, description="Unique target data, in batches (steps of pure target).")
+    target_steps: int | float = Field(gt=0, description="Unique target data, in batches (steps of pure target); "
+                                      "may be a fraction of a batch.")
     epochs: float = Field(gt=0, description="Passes over the target data.")
     replay: float = Field(0.0, ge=0, lt=1, description="Replay fraction rho (generic share of every batch).")
     target: str = "target"

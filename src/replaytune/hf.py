@@ -36,8 +36,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from replaytune.data.mixture import Mixture
 from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError
-from replaytune.finetune import GENERIC, TARGET, plan_replay
-from replaytune.schedule import Schedule, Stage
+from replaytune.finetune.plan import plan_replay
+from replaytune.schedule import GENERIC, TARGET
 
 IGNORE = -100
 
@@ -110,7 +110,7 @@ class ReplayDataset(IterableDataset):
         plan = plan_replay(stores[TARGET], stores.get(GENERIC), replay_fraction=replay_fraction, epochs=epochs,
                            seq_len=seq_len, batch_size=batch_size, unit=unit)
         sizes = {name: store.train.num_sequences(seq_len) for name, store in stores.items()}
-        mixture = Mixture(Schedule([Stage(0, plan.weights)]), sizes, batch_size, plan.steps, seed=phase_seed(seed, 0))
+        mixture = Mixture(plan.schedule, sizes, batch_size, plan.steps, seed=phase_seed(seed, 0))
         ds = cls(mixture, stores, seq_len, **kwargs)
         ds.plan = plan
         return ds

@@ -146,7 +146,7 @@ def test_config_file_with_flag_overrides(assets, tmp_path):
 
 
 def test_failed_run_is_not_complete_and_resumes_to_the_same_result(finetune_cfg, tmp_path, monkeypatch):
-    from replaytune import finetune_run
+    from replaytune.finetune import run as finetune_run
 
     reference = run_finetune(finetune_cfg(output=str(tmp_path / "ref")), log=lambda s: None)
     cfg = finetune_cfg(output=str(tmp_path / "broken"), checkpoint_every=4)

@@ -12,8 +12,7 @@ from replaytune.data.prepare import prepare
 from replaytune.data.sources import SourceSpec
 from replaytune.data.store import TokenStore
 from replaytune.errors import DataError
-from replaytune.finetune import load_config, plan_replay
-from replaytune.finetune_run import build_run_config
+from replaytune.finetune import build_run_config, load_config, plan_replay
 from replaytune.hf import IGNORE, ReplayDataset
 from replaytune.train.evaluation import make_inputs, sequence_losses
 from replaytune.train.plan import RunPlan

@@ -2,6 +2,8 @@
 
 A :class:`SourceSpec` names a source and says how to read it; :class:`SourceReader` turns it
 into a stream of :class:`Document` records without ever holding the corpus in memory.
+:func:`detect_kind` tells text, chat and instruction data apart by the first record's fields,
+looking at the very inputs the reader will read.
 
 Inputs and how each is read
 ---------------------------
@@ -35,7 +37,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -279,6 +281,35 @@ class SourceReader:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
         return {"path": rel.as_posix(), "bytes": path.stat().st_size, "sha256": digest}
 
+    # ------------------------------------------------------------------ peeking
+    def first_fields(self) -> tuple[list[str], str] | None:
+        """Field names of the source's first record, and where it is (for error messages).
+
+        None when there is no record to look at: the first input with content is plain text,
+        or the source is a hub dataset (streaming one just to peek is not worth a download).
+        """
+        if self.mode == "arrow":
+            ds, where = self._saved_split()
+            return list(ds.column_names), where
+        for path, fmt in self.files:
+            if fmt == "txt":
+                return None
+            if fmt == "parquet":
+                return list(_open_parquet(path).schema_arrow.names), str(path)
+            lines = self._lines(path)
+            try:
+                for lineno, line in lines:
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        raise DataError(f"{path}:{lineno}: not a JSON line; fix it or pass --format txt") from None
+                    return (list(row) if isinstance(row, dict) else []), str(path)
+            finally:
+                lines.close()
+        return None
+
     # ------------------------------------------------------------------ reading
     def documents(self) -> Iterator[Document]:
         """Every document of the source, in a deterministic order; DataError if there are none."""
@@ -440,12 +471,7 @@ class SourceReader:
                 )
 
     def _read_parquet(self, path: Path) -> Iterator[Document]:
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
-            raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        pf = _open_parquet(path)
         self._check_columns(pf.schema_arrow.names, str(path))
         size, rows = path.stat().st_size, max(1, pf.metadata.num_rows)
         i, done = 0, 0
@@ -457,7 +483,8 @@ class SourceReader:
             self.bytes_read += new - done
             done = new
 
-    def _read_saved(self) -> Iterator[Document]:
+    def _saved_split(self):
+        """The ``save_to_disk`` dataset (its ``split`` for a DatasetDict) and how to name it in errors."""
         import datasets
 
         ds = datasets.load_from_disk(str(self.root))
@@ -467,6 +494,10 @@ class SourceReader:
                 raise DataError(f"{where}: no split '{self.spec.split}' (splits: {', '.join(ds)}); choose one with --split")
             ds = ds[self.spec.split]
             where = f"{where}[{self.spec.split}]"
+        return ds, where
+
+    def _read_saved(self) -> Iterator[Document]:
+        ds, where = self._saved_split()
         self._check_columns(ds.column_names, where)
         total, rows, done, i = self.total_bytes, max(1, len(ds)), 0, 0
         for batch in ds.select_columns(self._columns()).iter(batch_size=1000):
@@ -508,6 +539,51 @@ def _field(row: dict, name: str, where: str, flag: str) -> Any:
 
 def _is_saved_dataset(p: Path) -> bool:
     return (p / "dataset_dict.json").is_file() or ((p / "state.json").is_file() and (p / "dataset_info.json").is_file())
+
+
+def _open_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable parquet file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def detect_kind(source: SourceSpec | SourceReader) -> str:
+    """The kind a source's first record shows: ``messages`` -> chat, ``prompt`` and
+    ``completion`` -> instruction, ``text`` -> text (field names as the spec gives them).
+
+    For callers that let the user leave the kind out (``replaytune finetune``). The source is
+    resolved as :class:`SourceReader` reads it (same walk, globs, saved datasets and formats),
+    so the record looked at is the first one the reader will yield; ``spec.kind`` is not
+    consulted. Pass the reader itself to resolve the source once. Plain text, and hub datasets
+    (nothing local to look at), are text: the reader then names a missing field.
+    """
+    reader = source if isinstance(source, SourceReader) else SourceReader(source)
+    if reader.mode == "hf" and Path(reader.spec.path).expanduser().exists():
+        try:  # a local stand-in for a hub dataset: its files show the kind
+            reader = SourceReader(replace(reader.spec, format="auto"))
+        except DataError:
+            return "text"
+    found = reader.first_fields()
+    if found is None:
+        return "text"
+    names, where = found
+    return _kind_from_fields(names, reader.spec, where)
+
+
+def _kind_from_fields(names: list[str], spec: SourceSpec, where: str) -> str:
+    if spec.messages_field in names:
+        return "chat"
+    if spec.prompt_field in names and spec.completion_field in names:
+        return "instruction"
+    if spec.text_field in names:
+        return "text"
+    raise DataError(
+        f"{where}: cannot tell the kind of this source from its fields ({', '.join(sorted(names)[:8])}); "
+        f"give it (--target-kind / --replay-kind text|chat|instruction) or name the field"
+    )
 
 
 def open_source(spec: SourceSpec | str) -> SourceReader:

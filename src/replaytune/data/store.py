@@ -145,8 +145,23 @@ class TokenStore:
     def has_loss_mask(self) -> bool:
         return bool(self.meta.get("has_loss_mask"))
 
+    @property
+    def kind(self) -> str:
+        """The source kind the store was built from; stores without the key: chat if masked, else text."""
+        return self.meta.get("kind") or ("chat" if self.has_loss_mask else "text")
+
     def __repr__(self) -> str:
         return f"TokenStore({str(self.path)!r}, train={self.train.num_tokens} tokens, val={self.val.num_tokens} tokens)"
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a built store (metadata and train tokens), without opening it.
+
+    Lets callers that accept "a source or a store" tell the two apart before choosing how
+    to read the path; :class:`TokenStore` then checks the store itself.
+    """
+    p = Path(path).expanduser()
+    return p.is_dir() and (p / "meta.json").is_file() and (p / "train.tokens").exists()
 
 
 def open_store(path: str | Path, *, tokenizer_fingerprint: str | None = None) -> TokenStore:

@@ -1,7 +1,8 @@
 """Running ``replaytune finetune``: check, prepare, train through the one loop, write the outputs.
 
-The arithmetic (replay weights, steps) and the settings live in :mod:`replaytune.finetune`;
-this module sequences the work and keeps the output directory honest:
+The settings and sources live in :mod:`replaytune.finetune.config`, the arithmetic (replay
+weights, steps) in :mod:`replaytune.finetune.plan`; this module sequences the work and keeps
+the output directory honest:
 
 * everything that can fail on bad input (model path, tokenizer, chat template, sources,
   the examples themselves) fails before training, and a directory this call created is
@@ -27,25 +28,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from replaytune import config as rconfig
+from replaytune import rundir
 from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
-from replaytune.finetune import (
-    DEFAULT_EPOCHS,
-    GENERIC,
-    MARKER,
-    SUMMARY,
-    TARGET,
-    FinetuneConfig,
-    ReplayPlan,
-    Source,
-    label,
-    plan_replay,
-    realised_units,
-    resolve_sources,
-)
+from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources
+from replaytune.finetune.plan import ReplayPlan, plan_replay, realised_units
+from replaytune.fsio import replace_dir
+from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.loop import Trainer
 from replaytune.train.metrics import atomic_write_json
-from replaytune.fsio import replace_dir
 
 # ------------------------------------------------------------------------------------------
 # Model and tokenizer checks (before anything is written)
@@ -101,7 +92,6 @@ def check_store_tokenizer(role: str, store: TokenStore, tok) -> None:
             f"{fp}; its token ids would mean other text to this model, so it cannot be mixed in. Give the raw "
             f"source (text/jsonl/parquet) instead: it is tokenized with the model's tokenizer"
         )
-
 
 
 # Run-config fields the finetune flags derive; overriding them with --set would break the plan.
@@ -166,7 +156,7 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
 
 
 def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Path], run_dir: Path, tokenizer_dir: Path | None) -> rconfig.RunConfig:
-    """One phase from the pretrained model: the plan's weights for ``plan.steps`` steps."""
+    """One phase from the pretrained model: the plan's schedule for ``plan.steps`` steps."""
     bad = [o for o in cfg.overrides if o.split("=", 1)[0].strip().startswith(_DERIVED)]
     if bad:
         raise ConfigError(f"--set {bad[0]}: this field follows from the finetune flags; use the flag instead")
@@ -184,7 +174,7 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Pa
             "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
         },
         "phases": [{
-            "name": "finetune", "steps": plan.steps, "stages": [{"start_step": 0, "weights": dict(plan.weights)}],
+            "name": "finetune", "steps": plan.steps, "stages": plan.schedule.to_dict()["stages"],
             "lr": {"peak": cfg.peak_lr, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "final_ratio": cfg.final_lr_ratio},
         }],
         "optim": {"weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip},
@@ -198,7 +188,7 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Pa
 def run_finetune(
     cfg: FinetuneConfig, *, resume: bool = False, prepare_only: bool = False, log: Callable[[str], None] | None = None
 ) -> FinetuneResult:
-    """Fine-tune ``cfg.model`` on the target with replay; see the module docstrings.
+    """Fine-tune ``cfg.model`` on the target with replay; see the package and module docstrings.
 
     ``prepare_only``: tokenize the sources, print the plan and stop (run it once, in one
     process, before a multi-GPU launch: there the other ranks wait for rank 0's tokenizing
@@ -279,7 +269,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     if dist.is_main:
         outputs = _finalize_model(cfg, run_cfg, trainer, out)
         if not cfg.keep_checkpoints:
-            shutil.rmtree(out / "run" / "checkpoints", ignore_errors=True)
+            shutil.rmtree(out / "run" / rundir.CHECKPOINTS, ignore_errors=True)
         result.report = _report(cfg, run_cfg, stores, plan, record, out, say)
         result.summary = {
             "settings": cfg.model_dump(mode="json"),

@@ -1,0 +1,252 @@
+"""Settings of ``replaytune finetune`` (:class:`FinetuneConfig`) and the sources they name.
+
+The YAML file's keys are the field names; :func:`load_config` lays command-line flags over
+the file. :func:`resolve_sources` turns the target and replay settings into :class:`Source`
+objects before anything is written, so a missing path or an undetectable kind fails first.
+Reading a source and detecting its kind is the data layer's work
+(:mod:`replaytune.data.sources`); prepared stores are opened through
+:mod:`replaytune.data.store`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from replaytune.config import Frozen, LoraSpec, format_validation_error, read_yaml_mapping
+from replaytune.data import sources as data_sources
+from replaytune.data.store import TokenStore, is_store
+from replaytune.errors import ConfigError, DataError
+from replaytune.schedule import GENERIC, TARGET
+
+UNITS = ("tokens", "sequences", "examples")
+DEFAULT_EPOCHS = {"text": 1.0, "chat": 3.0, "instruction": 3.0}
+DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}  # full: the paper's Basque run; LoRA adapters want ~10x more
+DEFAULT_REPLAY_FRACTION = 0.5  # METHOD.md: the best rho is most often 0.5
+DEFAULT_VAL = {TARGET: 0.05, GENERIC: 0.01}  # held-out share of documents
+SUMMARY = "finetune.json"
+MARKER = ".replaytune-finetune"
+
+
+class SourceArg(Frozen):
+    """A target or replay source: a path (file, folder, glob, hub dataset, or a token store)."""
+
+    path: str = Field(description="File, directory, glob, save_to_disk folder, hub dataset, or a prepared token store.")
+    kind: Literal["auto", "text", "chat", "instruction"] = Field(
+        "auto", description="auto: from the first record's fields (messages -> chat, prompt/completion -> instruction)."
+    )
+    format: Literal["auto", "txt", "jsonl", "parquet", "arrow", "hf"] = "auto"
+    text_field: str = "text"
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    paragraphs: bool = Field(False, description=".txt: blank-line-separated paragraphs are documents.")
+    split: str = "train"
+    hf_config: str | None = None
+    revision: str | None = None
+    val: float | None = Field(
+        None, gt=0, description="Held-out documents: a fraction (< 1) or a count (>= 1); default 0.05 target, 0.01 replay."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value):
+        return {"path": value} if isinstance(value, (str, os.PathLike)) else value
+
+    def spec(self, name: str = "", kind: str = "text", strict: bool = False) -> data_sources.SourceSpec:
+        """How the data layer reads this source as ``kind`` (``auto`` is resolved before, by detection)."""
+        return data_sources.SourceSpec(
+            path=self.path, name=name, format=self.format, kind=kind, text_field=self.text_field,
+            messages_field=self.messages_field, prompt_field=self.prompt_field, completion_field=self.completion_field,
+            paragraphs=self.paragraphs, strict=strict, split=self.split, hf_config=self.hf_config, revision=self.revision,
+        )
+
+
+class FinetuneConfig(Frozen):
+    """Everything ``replaytune finetune`` needs; the YAML file's keys are these field names."""
+
+    model: str = Field(description="Local folder, hub id, or a .gguf file of a pretrained causal LM.")
+    gguf_file: str | None = Field(None, description="GGUF file inside the model folder.")
+    tokenizer: str | None = Field(None, description="Tokenizer folder (default: the model's own).")
+    target: SourceArg
+    replay: SourceArg | None = None
+    replay_fraction: float | None = Field(
+        None, ge=0, lt=1, description="rho: replay share of each batch (default 0.5 with a replay source, else 0)."
+    )
+    replay_unit: Literal["tokens", "sequences", "examples"] = Field(
+        "tokens", description="What rho counts: loss-bearing tokens (default), sequences, or examples."
+    )
+    epochs: float | None = Field(None, gt=0, description="Passes over the target (default 1 for text, 3 for chat/instruction).")
+    seq_len: int = Field(2048, ge=2, description="Tokens per packed training sequence.")
+    batch_size: int = Field(32, ge=1, description="Global batch in sequences.")
+    micro_batch_size: int | None = Field(4, ge=1, description="Sequences per forward pass (gradient accumulation).")
+    lr: float | None = Field(None, gt=0, description="Peak LR (default 1e-5 full fine-tuning, 1e-4 LoRA).")
+    lr_schedule: Literal["cosine", "wsd", "constant", "linear"] = "cosine"
+    warmup: float = Field(0.01, ge=0, lt=1, description="Fraction of steps of linear warmup.")
+    final_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    lora: LoraSpec | None = Field(None, description="Train LoRA adapters (true, or {r, alpha, dropout, target_modules}).")
+    save: Literal["merged", "adapter"] = Field("merged", description="LoRA output: merged model (+ adapter) or the adapter only.")
+    chat_template: str | None = Field(None, description="Jinja file, or 'chatml', for a tokenizer without a template.")
+    max_length: int | None = Field(None, ge=2, description="Chat/instruction: tokens per example (default seq_len).")
+    strict: bool = Field(False, description="Refuse over-long examples and undecodable bytes instead of fixing them.")
+    skip_invalid: bool = Field(False, description="Skip (and count) chat examples that break the role rule.")
+    eval_sequences: int = Field(64, ge=1, description="Held-out sequences per source for the loss evaluations.")
+    eval_interval: int | None = Field(None, ge=0, description="Evaluate every N steps (default: ~5% of the time).")
+    eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks, e.g. xcopa_eu.")
+    eval_limit: int | None = Field(None, ge=1, description="Examples per lm-eval task (default: all).")
+    activation_checkpointing: bool = Field(False, description="Recompute activations in backward (big models).")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps for --resume (0: only at the end).")
+    keep_checkpoints: bool = Field(False, description="Keep run/checkpoints after a finished run.")
+    output: str = Field("runs/finetune", description="Output directory.")
+    name: str = "finetune"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for the underlying run config (--set).")
+    progress: bool = True
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_flag(cls, value):
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.replay is None and (self.replay_fraction or 0) > 0:
+            raise ValueError(f"replay_fraction {self.replay_fraction} needs a replay source (--replay)")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            object.__setattr__(self, "micro_batch_size", self.batch_size)
+        return self
+
+    @property
+    def rho(self) -> float:
+        if self.replay_fraction is not None:
+            return float(self.replay_fraction)
+        return DEFAULT_REPLAY_FRACTION if self.replay is not None else 0.0
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR["lora" if self.lora is not None else "full"]
+
+
+def load_config(path: str | os.PathLike | None = None, values: Mapping[str, Any] | None = None) -> FinetuneConfig:
+    """The config file (if any) with ``values`` (command-line flags; None = not given) on top.
+
+    Paths in the file are relative to the file. ``values["target"]`` / ``["replay"]`` /
+    ``["lora"]`` may be dicts of sub-fields merged into the file's entries.
+    """
+    data: dict[str, Any] = {}
+    where = "finetune flags"
+    if path is not None:
+        p = Path(path)
+        data = _relative_to(read_yaml_mapping(p), p.parent)
+        where = str(p)
+    for key, value in (values or {}).items():
+        if value is None or (isinstance(value, dict) and not any(v is not None for v in value.values())):
+            continue
+        if value is True and isinstance(data.get(key), dict):
+            continue  # --lora with a `lora: {...}` section in the file: keep its settings
+        if isinstance(value, dict):
+            old = data.get(key)
+            old = {"path": old} if isinstance(old, str) else dict(old or {}) if old is not True else {}
+            old.update({k: v for k, v in value.items() if v is not None})
+            data[key] = old
+        else:
+            data[key] = value
+    model = data.get("model")
+    if isinstance(model, str) and model.endswith(".gguf") and not data.get("gguf_file"):
+        data["model"], data["gguf_file"] = str(Path(model).parent), Path(model).name  # a .gguf file path
+    try:
+        return FinetuneConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
+            return str(base / value)
+        return value
+
+    for key in ("model", "tokenizer", "chat_template"):
+        out[key] = fix(out.get(key)) if key in out else None
+    for key in (TARGET, "replay"):
+        src = out.get(key)
+        if isinstance(src, str):
+            out[key] = fix(src)
+        elif isinstance(src, dict) and "path" in src:
+            out[key] = {**src, "path": fix(src["path"])}
+    return {k: v for k, v in out.items() if v is not None or k in data}
+
+
+# ------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------
+
+
+def label(role: str) -> str:
+    """The user's word for a source role (the loop calls the replay source 'generic')."""
+    return "replay" if role == GENERIC else role
+
+
+def detect_kind(arg: SourceArg, reader: data_sources.SourceReader | None = None) -> str:
+    """``arg.kind`` if given; a store's own kind; else what the source's first record shows.
+
+    The last is :func:`replaytune.data.sources.detect_kind`, which looks at the inputs the
+    reader will read; pass ``reader`` when the source is already resolved.
+    """
+    if arg.kind != "auto":
+        return arg.kind
+    if is_store(arg.path):
+        return TokenStore(Path(arg.path).expanduser()).kind
+    return data_sources.detect_kind(reader or arg.spec())
+
+
+@dataclass
+class Source:
+    """A resolved source: how to read it, or a prepared store to use as it is."""
+
+    role: str
+    arg: SourceArg
+    kind: str
+    store: Path | None = None  # a prepared token store given by the user
+
+    def spec(self, strict: bool) -> data_sources.SourceSpec:
+        return self.arg.spec(self.role, self.kind, strict)
+
+    def val(self) -> dict[str, Any]:
+        v = self.arg.val if self.arg.val is not None else DEFAULT_VAL[self.role]
+        if v >= 1:
+            if v != int(v):
+                raise ConfigError(f"{self.role}.val {v}: a count of documents must be a whole number (or give a fraction < 1)")
+            return {"val_docs": int(v)}
+        return {"val_fraction": float(v)}
+
+
+def resolve_sources(cfg: FinetuneConfig) -> dict[str, Source]:
+    """Target (and replay) with their kinds; a missing path or an unknown kind fails here, before any writing."""
+    out = {}
+    for role, arg in ((TARGET, cfg.target), (GENERIC, cfg.replay)):
+        if arg is None:
+            continue
+        if is_store(arg.path):
+            out[role] = Source(role, arg, detect_kind(arg), store=Path(arg.path).expanduser())
+            continue
+        try:
+            reader = data_sources.SourceReader(arg.spec(role))
+            out[role] = Source(role, arg, detect_kind(arg, reader))
+        except DataError as exc:
+            raise DataError(f"{label(role)} source: {exc}") from None
+    return out
