@@ -31,12 +31,17 @@ def test_demo_studies_keep_the_papers_regime(tmp_path):
     full = demo.demo_study(data, "basque", full=True)
     second = demo.demo_study(data, "python", full=False)
     assert full.midtrain is not None and full.reference is not None
-    assert second.midtrain is None and second.reference is None and second.seeds == demo.DEMO_SEEDS[:2]
+    assert second.midtrain is None and second.seeds == demo.DEMO_SEEDS[:2]
     # unique target data is one batch, seen for tens of epochs, a small fraction of the run
     assert full.target_batches == 1 and full.finetune.epochs >= 16
     assert full.target_batches * full.midtrain.epochs / full.steps <= 0.1
+    # both targets get a reference curve of their own baselines: >= 2 seeds at >= 4 amounts of target data
+    for st in (full, second):
+        assert st.reference.family == "baseline" and len(st.reference.seeds) >= 2
+        assert len(st.reference.target_batches) >= 4 and st.target_batches in st.reference.target_batches
     runs = build_runs(full)
-    settings = [labels["setting"] for labels, _ in runs]
-    assert settings.count("reference") >= 4
-    assert {(lab["rho"], lab["alpha"]) for lab, _ in runs if lab["setting"] == "midtrain"} >= {
-        (r, a) for r in (0.0, 0.25, 0.5, 0.75) for a in (1.0, 0.25)}
+    ft_ref = {(lab["x"], lab["seed"]) for lab, _ in runs if lab["setting"] == "finetune" and lab["rho"] == 0.0}
+    mt_ref = {(lab["x"], lab["seed"]) for lab, _ in runs if lab["setting"] == "midtrain" and lab["rho"] == 0.0}
+    assert ft_ref >= {(x, s) for x in demo.REF_X for s in (0, 1)} and mt_ref >= {(x, s) for x in demo.REF_X for s in (0, 1)}
+    assert {lab["rho"] for lab, _ in runs if lab["setting"] == "midtrain"} == {0.0, 0.25, 0.5, 0.75}
+    assert {x for lab, _ in build_runs(second) for x in [lab["x"]] if lab.get("reference")} == set(demo.REF_X) - {1}

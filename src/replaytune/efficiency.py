@@ -390,6 +390,11 @@ def pooled_std(groups: Iterable[Mapping[str, Any]], which: str = "target") -> fl
     return math.sqrt(devs / dof) if dof else None
 
 
+def _main(runs: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The method runs: without the ``reference`` label that baseline-family reference runs carry."""
+    return [r for r in runs if not r.get("reference")]
+
+
 def best_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any] | None]:
     """The paper's three comparisons, or None where the runs for one are missing.
 
@@ -398,7 +403,7 @@ def best_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any] | N
     each configuration wins; ``candidates`` counts the groups the method was picked from
     (the more, the more a lucky seed can flatter the best one).
     """
-    groups = group_runs(runs)
+    groups = group_runs(_main(runs))
     ft = [g for g in groups if g["setting"] == "finetune"]
     mt = [g for g in groups if g["setting"] == "midtrain"]
     zero = lambda v: abs(v) < _TOL  # noqa: E731
@@ -417,11 +422,106 @@ def best_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any] | N
     return out
 
 
-def reference_points(runs: Iterable[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
-    """(xs, losses) of the ``setting == "reference"`` runs that have both numbers."""
-    pts = [(float(r["x"]), float(r["target_loss"])) for r in runs
-           if r.get("setting") == "reference" and r.get("x") is not None and r.get("target_loss") is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
+FAMILIES = ("uniform", "baseline")
+CURVES = {  # comparison -> the reference curve it reads its effective data from, per family
+    "uniform": {"finetune_replay": "uniform", "midtrain_replay": "uniform", "full_schedule": "uniform"},
+    "baseline": {"finetune_replay": "finetune", "midtrain_replay": "midtrain", "full_schedule": "midtrain"},
+}
+
+
+def reference_points(runs: Iterable[Mapping[str, Any]], curve: str = "uniform") -> tuple[list[float], list[float]]:
+    """(xs, losses) of one reference curve, every seed a point.
+
+    ``uniform``: the ``setting == "reference"`` runs (target mixed uniformly through the run).
+    ``finetune``: fine-tuning without replay at every amount x of unique target data (the
+    baseline itself at its own x included), the best LR of each x with all its seeds.
+    ``midtrain``: mid-training with rho = 0, alpha = 1 at every x.
+    """
+    runs = [r for r in runs if r.get("x") is not None and r.get("target_loss") is not None]
+    if curve == "uniform":
+        chosen = [r for r in runs if r.get("setting") == "reference"]
+    elif curve in ("finetune", "midtrain"):
+        groups = [g for g in group_runs(runs) if g["setting"] == curve and abs(g["rho"]) < _TOL
+                  and (curve == "finetune" or abs(g["alpha"] - 1.0) < _TOL)]
+        best = best_per(groups, lambda g: g["x"])  # the best LR of each x, as for the baseline
+        chosen = [r for r in runs if any(r.get("name") in g["names"] for g in best.values())]
+    else:
+        raise FitError(f"unknown reference curve {curve!r}; expected uniform, finetune or midtrain")
+    return [float(r["x"]) for r in chosen], [float(r["target_loss"]) for r in chosen]
+
+
+def falls_beyond_noise(xs: Sequence[float], losses: Sequence[float], z: float = 2.0) -> str | None:
+    """Why the curve cannot carry a multiplier (None when it can, or when noise is unmeasured).
+
+    Compares the mean loss at the smallest and the largest x: the drop must exceed ``z``
+    standard errors of that difference, the seed-to-seed std pooled over every x with
+    several seeds. A curve that does not fall beyond its noise has no measurable slope, and
+    any effective data read from it would be noise.
+    """
+    x, y = np.asarray(xs, dtype=float), np.asarray(losses, dtype=float)
+    if x.size == 0:
+        return None
+    groups = [{"x": v, "target_losses": y[x == v]} for v in np.unique(x)]
+    sd = pooled_std(groups)
+    if sd is None:
+        return None
+    lo, hi = groups[0], groups[-1]
+    drop = float(np.mean(lo["target_losses"]) - np.mean(hi["target_losses"]))
+    se = sd * math.sqrt(1 / lo["target_losses"].size + 1 / hi["target_losses"].size)
+    if drop > z * se:
+        return None
+    return (f"the reference curve does not fall beyond its seed noise: loss {np.mean(lo['target_losses']):.4f} at "
+            f"x = {lo['x']:g} vs {np.mean(hi['target_losses']):.4f} at x = {hi['x']:g} (drop {drop:+.4f}, "
+            f"{z:g} standard errors = {z * se:.4f} with seed-to-seed std {sd:.4f})")
+
+
+def compare(
+    runs: Sequence[Mapping[str, Any]],
+    family: str = "uniform",
+    *,
+    resamples: int = 0,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, dict[str, Any]]]:
+    """The paper's three comparisons, each read off its reference curve of ``family``.
+
+    Returns (comparisons, curves). ``curves[name]`` holds the curve's points and its
+    :class:`Fit` (``"fit"``) or the reason there is none (``"error"``: too few points, a
+    failed fit, a curve flat within its seed noise). Each comparison is
+    :func:`compare_best`'s entry for its curve plus ``reference`` (the curve's name); where
+    the curve has no fit the multiplier and interval are None and ``error`` says why.
+    """
+    if family not in FAMILIES:
+        raise FitError(f"reference family {family!r}: expected one of {', '.join(FAMILIES)}")
+    curves: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any] | None] = {}
+    picks = best_runs(runs)
+    for key, pick in picks.items():
+        name = CURVES[family][key]
+        if pick is None:
+            out[key] = None
+            continue
+        if name not in curves:
+            xs, ys = reference_points(runs, name)
+            curves[name] = {"xs": xs, "losses": ys}
+            try:
+                if not xs:
+                    raise FitError("no reference runs for this curve")
+                why = falls_beyond_noise(xs, ys)
+                if why:
+                    raise FitError(why)
+                curves[name]["fit"] = fit_reference(xs, ys)
+            except FitError as exc:
+                curves[name]["error"] = str(exc)
+        c = curves[name]
+        if "fit" in c:
+            entry = compare_best(c["fit"], runs, resamples=resamples, seed=seed, level=level, only=key)[key]
+            assert entry is not None
+        else:
+            entry = {**pick, "multiplier": None, "interval": None, "method_x": None, "baseline_x": None,
+                     "bootstrap": None, "error": c["error"]}
+        out[key] = {**entry, "reference": name}
+    return out, curves
 
 
 def compare_best(
@@ -431,8 +531,9 @@ def compare_best(
     resamples: int = 0,
     seed: int = 0,
     level: float = LEVEL,
+    only: str | None = None,
 ) -> dict[str, dict[str, Any] | None]:
-    """The paper's multipliers with details, from a results.json ``runs`` list.
+    """The paper's multipliers with details, from a results.json ``runs`` list (``only``: one of them).
 
     Per comparison: ``method``, ``baseline`` and ``candidates`` (see :func:`best_runs`),
     ``method_x``/``baseline_x`` (effective data or None), ``multiplier`` (or None) and,
@@ -441,6 +542,8 @@ def compare_best(
     """
     out: dict[str, dict[str, Any] | None] = {}
     for key, pick in best_runs(runs).items():
+        if only is not None and key != only:
+            continue
         if pick is None:
             out[key] = None
             continue

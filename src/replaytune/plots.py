@@ -140,16 +140,33 @@ def plot_heatmap(res: Results):
     return fig
 
 
+CURVE_TEXT = {
+    "uniform": "reference runs (target mixed uniformly through the run)",
+    "finetune": "fine-tuning without replay at x (reference family 'baseline')",
+    "midtrain": "mid-training rho = 0, alpha = 1 at x (reference family 'baseline')",
+}
+
+
 def plot_fit(res: Results):
-    fit = res.fit
-    if fit is None:
-        raise Skip("no reference fit (needs reference runs at >= 3 amounts of target data)")
-    fig, axes = _figure(1, 1, width=8.5, height=6.5)
-    ax = axes[0, 0]
+    """One panel per reference curve with a fit, each method placed at its effective data."""
+    fitted = [(name, c) for name, c in res.curves.items() if "fit" in c]
+    if not fitted:
+        raise Skip("no reference fit (needs reference runs at >= 3 amounts of target data, falling beyond their noise)")
+    fig, axes = _figure(1, len(fitted), width=7.5, height=6.0)
+    for ax, (name, curve) in zip(axes[0], fitted):
+        _fit_panel(ax, res, name, curve["fit"])
+    pct = f"{round(100 * res.level)}%"
+    fig.suptitle(f"Target data efficiency ({res.target}): each reference curve with the methods read off it\n"
+                 f"multiplier = effective data of the method / of its baseline [{pct} bootstrap interval]")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=len(fitted))  # below the axes: never over the points
+    return fig
+
+
+def _fit_panel(ax, res: Results, name: str, fit) -> None:
     placed, unplaced = [], []
     markers = {"finetune_replay": "s", "midtrain_replay": "D", "full_schedule": "^"}
     for key, c in res.comparisons.items():
-        if c is None:
+        if c is None or c.get("reference") != name:
             continue
         for g, x, color, fill, label in (
             (c["baseline"], c["baseline_x"], NO_REPLAY, "white", f"{LABELS[key][1]} (baseline)"),
@@ -164,10 +181,10 @@ def plot_fit(res: Results):
     lo, hi = (min(xs) / 1.6, max(xs) * 1.6) if xs else (0.5, 32)
     grid = np.geomspace(lo, hi, 200)
     ax.plot(grid, fit.loss_at(grid), color=NEUTRAL, lw=2,
-            label=f"fit $L(x) = {fit.A:.3g}\\,/\\,x^{{{fit.B:.3g}}} + {fit.C:.3g}$")
-    ax.axhline(fit.C, color=NEUTRAL, ls=":", lw=1, label=f"asymptote C = {fit.C:.3f}")
+            label=f"{name}: $L(x) = {fit.A:.3g}\\,/\\,x^{{{fit.B:.3g}}} + {fit.C:.3g}$")
+    ax.axhline(fit.C, color=NEUTRAL, ls=":", lw=1)
     if fit.xs:
-        ax.plot(fit.xs, fit.losses, "o", color="black", ms=6, label="reference runs (target mixed uniformly)")
+        ax.plot(fit.xs, fit.losses, "o", color="black", ms=5, alpha=0.7, label=CURVE_TEXT.get(name, name) + ", every seed")
     seen = set()
     for x, y, color, fill, m, label in placed:
         if label in seen:
@@ -179,16 +196,12 @@ def plot_fit(res: Results):
     ax.set_xscale("log")
     # y range from the measured losses: a steep or degenerate fit must not flatten the points
     ys = list(fit.losses) + [p[1] for p in placed] + [u[0] for u in unplaced] + [fit.C]
-    if ys:
-        span = max(ys) - min(ys) or 0.1
-        ax.set_ylim(min(ys) - 0.15 * span, max(ys) + 0.25 * span)
-    unit = res.meta.get("x_unit")
-    ax.set_xlabel("unique target data x" + (f" ({unit})" if unit else "") + ", log scale; methods at their effective data")
+    span = max(ys) - min(ys) or 0.1
+    ax.set_ylim(min(ys) - 0.15 * span, max(ys) + 0.25 * span)
+    unit = res.meta.get("x_unit") or "batches"
+    ax.set_xlabel(f"unique target data x ({unit}), log scale")
     ax.set_ylabel(f"final held-out target {LOSS}")
-    ax.set_title(f"Target data efficiency ({res.target}): reference fit and each method's best run\n"
-                 "multiplier = effective data of the method / of its baseline [95% bootstrap interval]")
-    fig.legend(fontsize=8, loc="outside lower center", ncols=1)  # below the axes: never over the points
-    return fig
+    ax.set_title(f"curve '{name}' (dotted: asymptote C = {fit.C:.3f})", fontsize=10)
 
 
 def _series(rows, kind: str, field: str, src: str, xkey: Callable[[dict], float | None]):

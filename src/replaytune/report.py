@@ -53,7 +53,7 @@ def _comparisons_md(res: Results) -> list[str]:
     lines, verdicts = [], []
     recorded = res.data.get("multipliers") if isinstance(res.data.get("multipliers"), dict) else {}
     rows = ["| comparison | best method | baseline | target loss (method / baseline) | difference | seed-to-seed std "
-            "| multiplier [95% interval] |", "|---|---|---|---|---|---|---|"]
+            f"| multiplier [{round(100 * res.level)}% interval] | reference curve |", "|---|---|---|---|---|---|---|---|"]
     for key, c in res.comparisons.items():
         if c is None:
             lines.append(f"- **{key}**: not available (the runs for it are missing).")
@@ -62,7 +62,7 @@ def _comparisons_md(res: Results) -> list[str]:
         d, ttext, sign = _difference(res, m, b, "target")
         s = res.noise(m["setting"])
         rows.append(f"| {key} | {_desc(m)} | {_desc(b)} | {m['target_loss']:.4f} / {b['target_loss']:.4f} | {d:+.4f} "
-                    f"| {_f(s)} | {_mult_text(c['multiplier'], c['interval'])} |")
+                    f"| {_f(s)} | {_mult_text(c['multiplier'], c['interval'])} | {c.get('reference') or '-'} |")
         _, gtext, gsign = _difference(res, m, b, "generic")
         verdict = {-1: "replay **helped** beyond seed-to-seed noise", 1: "replay **hurt** beyond seed-to-seed noise",
                    0: "the difference is **within seed-to-seed noise** (no clear effect)",
@@ -77,6 +77,8 @@ def _comparisons_md(res: Results) -> list[str]:
             bs = c["bootstrap"]
             text += (f" (percentile bootstrap over reference {bs['mode']}, {bs['resamples']} resamples, seed {bs['seed']}, "
                      f"{bs['failed']} failed refits" + (f"; {bs['note']}" if bs.get("note") else "") + ")")
+        if c.get("error"):
+            text += f" (no multiplier: {c['error']})"
         lines.append(text + f"; picked as the best of {c['candidates']} configurations.")
         rec = recorded.get(key)
         now = c["multiplier"]
@@ -97,6 +99,14 @@ def _comparisons_md(res: Results) -> list[str]:
     return [head, "", *table, *lines, "", caveat]
 
 
+FAMILY_TEXT = {
+    "uniform": "target data mixed uniformly through one run at each amount x, the paper's definition",
+    "baseline": "each setting's own baseline recipe repeated at each amount x: fine-tuning without replay for the "
+                "fine-tuning multiplier, mid-training with rho = 0, alpha = 1 for the mid-training ones; a multiplier "
+                "reads 'replay is worth k times more target data under the same recipe'",
+}
+
+
 def _markdown(res: Results, done: list[tuple[str, str, str]], skipped: list[tuple[str, str]]) -> str:
     out = ["# replaytune report", "", "Rebuilt from saved records by `replaytune report DIR`.", "", "## What was run", ""]
     for k, v in res.meta.items():
@@ -107,11 +117,16 @@ def _markdown(res: Results, done: list[tuple[str, str, str]], skipped: list[tupl
     out.append("- **runs**: " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda t: SETTING_ORDER.get(t[0], 9)))
                                  or "none"))
     out += ["", "## Does replay help on the target domain?", "", *_comparisons_md(res), ""]
-    if res.fit is not None:
-        f = res.fit
-        out.append(f"Reference fit: L(x) = A / x^B + C with A = {f.A:.4g}, B = {f.B:.4g}, C = {f.C:.4g} "
-                   f"({len(f.xs)} reference points, rmse {_f(f.rmse, '.3g')}, {f.method} fit). Effective data of a loss L is "
-                   f"(A / (L - C))^(1/B); a loss at or below C has none.")
+    out.append(f"Reference family: **{res.family}** ({FAMILY_TEXT[res.family]}).")
+    for name, c in res.curves.items():
+        if "fit" not in c:
+            out.append(f"- Reference curve '{name}': no fit ({c['error']}).")
+            continue
+        f = c["fit"]
+        out.append(f"- Reference curve '{name}': L(x) = A / x^B + C with A = {f.A:.4g}, B = {f.B:.4g}, C = {f.C:.4g} "
+                   f"({len(f.xs)} reference points, rmse {_f(f.rmse, '.3g')}, {f.method} fit).")
+    if res.curves:
+        out += ["", "Effective data of a loss L is (A / (L - C))^(1/B); a loss at or below C has none."]
     noise = {s: res.noise(s) for s in ("finetune", "midtrain", "reference") if any(g["setting"] == s for g in res.groups)}
     out.append("Seed-to-seed std of one run's final target loss: "
                + (", ".join(f"{s} {_f(v)}" for s, v in noise.items()) or "none") + " (`-`: not measured).")

@@ -50,29 +50,50 @@ class Results:
         self.generic = str(self.meta.get("generic_source") or "generic")
         self.groups = eff.group_runs(self.runs)
         self.notes: list[str] = []
-        self.fit = self._fit()
+        saved_eff = self.data.get("efficiency") if isinstance(self.data.get("efficiency"), dict) else {}
+        family = saved_eff.get("reference") if isinstance(saved_eff.get("reference"), str) else self.meta.get("reference_family")
+        self.family = family if family in eff.FAMILIES else "uniform"
+        level = saved_eff.get("level")
+        self.level = float(level) if isinstance(level, float) and 0 < level < 1 else eff.LEVEL
         self.resamples, self.seed = resamples, seed
-        if self.fit is not None:
-            self.comparisons = eff.compare_best(self.fit, self.runs, resamples=resamples, seed=seed)
+        # curve name -> {"xs", "losses", and "fit" (a Fit) or "error"}
+        self.curves: dict[str, dict[str, Any]] = {}
+        if self.family == "baseline" or eff.reference_points(self.runs)[0]:
+            self.comparisons, self.curves = eff.compare(self.runs, self.family, resamples=resamples, seed=seed,
+                                                        level=self.level)
+            for name, c in self.curves.items():
+                if "error" in c:
+                    self.notes.append(f"Reference curve '{name}': no fit, so no multiplier from it: {c['error']}.")
         else:
-            self.comparisons = {
-                k: (p and {**p, "multiplier": None, "interval": None, "method_x": None, "baseline_x": None, "bootstrap": None})
-                for k, p in eff.best_runs(self.runs).items()
-            }
+            fit = self._saved_fit(saved_eff)
+            if fit is not None:
+                self.curves["uniform"] = {"xs": list(fit.xs), "losses": list(fit.losses), "fit": fit}
+                self.comparisons = {k: v and {**v, "reference": "uniform"} for k, v in
+                                    eff.compare_best(fit, self.runs, resamples=resamples, seed=seed, level=self.level).items()}
+            else:
+                self.comparisons = {
+                    k: (p and {**p, "multiplier": None, "interval": None, "method_x": None, "baseline_x": None,
+                               "bootstrap": None, "reference": None})
+                    for k, p in eff.best_runs(self.runs).items()
+                }
         self._metrics: dict[str, list[dict[str, Any]]] = {}
 
-    def _fit(self) -> eff.Fit | None:
-        xs, losses = eff.reference_points(self.runs)
-        saved_eff = self.data.get("efficiency") if isinstance(self.data.get("efficiency"), dict) else {}
-        if not xs and isinstance(saved_eff.get("reference"), list):  # the `efficiency` input format
+    @property
+    def fit(self) -> eff.Fit | None:
+        """The first reference curve's fit (the only one under the uniform family)."""
+        return next((c["fit"] for c in self.curves.values() if "fit" in c), None)
+
+    def _saved_fit(self, saved_eff: dict[str, Any]) -> eff.Fit | None:
+        """No reference runs: points in the `efficiency` input format, else the saved fit."""
+        if isinstance(saved_eff.get("reference"), list):  # the `efficiency` input format
             pts = [p for p in saved_eff["reference"] if isinstance(p, dict) and p.get("x") is not None
                    and p.get("loss") is not None]
             xs, losses = [float(p["x"]) for p in pts], [float(p["loss"]) for p in pts]
-        if xs:
-            try:
-                return eff.fit_reference(xs, losses)
-            except eff.FitError as exc:
-                self.notes.append(f"Reference fit from the reference runs failed: {exc}.")
+            if xs:
+                try:
+                    return eff.fit_reference(xs, losses)
+                except eff.FitError as exc:
+                    self.notes.append(f"Reference fit from the saved reference points failed: {exc}.")
         saved = saved_eff.get("fit")
         if isinstance(saved, dict):
             try:

@@ -26,17 +26,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from replaytune import efficiency as eff
 from replaytune import rundir
 from replaytune.fsio import write_text
 from replaytune import schedule as sched
-from replaytune.config import EvalConfig, ModelConfig, OptimConfig, RunConfig, validate
+from replaytune.config import EvalConfig, Frozen as _Frozen, ModelConfig, OptimConfig, RunConfig, validate
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class PretrainSpec(_Frozen):
@@ -72,6 +70,14 @@ class MidtrainGrid(_Frozen):
 
 class ReferenceGrid(_Frozen):
     target_batches: list[float] = Field([0.5, 1, 2, 4], description="Unique target data x, in batches.")
+    family: Literal["uniform", "baseline"] = Field(
+        "uniform", description="uniform: target mixed uniformly through one cosine run (the paper's definition); "
+        "baseline: each setting's own baseline recipe repeated at x (fine-tuning without replay; mid-training "
+        "rho = 0, alpha = 1), so a multiplier reads 'worth k times more target data under the same recipe'.")
+    seeds: list[int] | None = Field(None, description="Seeds of every reference point (default: the study's seeds).")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="LR shape of uniform reference runs (the paper's launcher: cosine at the mid-training LR).")
+    level: float = Field(0.9, gt=0, lt=1, description="Confidence level of the multipliers' bootstrap intervals.")
 
 
 class StudyConfig(_Frozen):
@@ -124,8 +130,7 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
 def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
     """[(labels, run config)]: labels carry setting, rho, alpha, lr, x, seed for results."""
     runs: list[tuple[dict[str, Any], RunConfig]] = []
-    N, T, B = study.steps, study.target_batches, study.batch_size
-    names = {"target": study.target_name, "generic": study.generic_name}
+    N, T = study.steps, study.target_batches
     pre = study.pretrain
     # One warmup length (in steps) for every run that starts from scratch: pre-training runs
     # of different lengths and the mid-training runs then agree on the LR until their decays
@@ -134,58 +139,118 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
     if study.finetune is not None:
         ft = study.finetune
         for rho in ft.replay:
-            plan = sched.finetune(T, ft.epochs, rho)
-            if plan.steps >= N:
-                raise sched.ScheduleError(f"fine-tuning at rho={rho} needs {plan.steps} steps, not less than the budget {N}")
             for lr in ft.lrs:
                 for seed in study.seeds:
                     name = f"ft_rho{rho:g}_lr{lr:g}_s{seed}"
-                    # seed s: the s-th disjoint draw of unique target data, and its own fine-tuning order
-                    d = _base(study, name, T * B, first=seed * T * B)
-                    d["phases"] = [
-                        {"name": "pretrain", "steps": N - plan.steps, "constant": study.generic_name,
-                         "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)},
-                        {"name": "finetune", "finetune": {"target_steps": T, "epochs": ft.epochs, "replay": rho, **names},
-                         "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed,
-                         # evaluate 4 times in the fine-tuning phase (and at its end): the over-fitting
-                         # curve across epochs, at a cost that stays small next to the phase itself
-                         "eval_interval": max(1, plan.steps // 4)},
-                    ]
+                    cfg = _finetune_run(study, name, T, rho, lr, seed, warm)
                     labels = {"setting": "finetune", "rho": rho, "alpha": None, "lr": lr, "x": T, "seed": seed,
-                              "switch_step": N - plan.steps}
-                    runs.append((labels, validate(d, f"study run {name}")))
+                              "switch_step": cfg.phases[0].steps}
+                    runs.append((labels, cfg))
     if study.midtrain is not None:
         mt = study.midtrain
         gamma = T * mt.epochs / N
+        all_seeds = mt.seeds if mt.seeds is not None else study.seeds
         for alpha in mt.alpha:
             for rho in mt.replay:
-                plan = sched.two_stage(N, gamma, rho, alpha)
-                all_seeds = mt.seeds if mt.seeds is not None else study.seeds
+                switch = sched.two_stage(N, gamma, rho, alpha).switch_step
                 seeds = all_seeds if alpha in mt.seed_alphas else all_seeds[:1]
                 for seed in seeds:
                     # seeds draw other unique target data; Stage 1 batches stay the same, so the
                     # alpha = 1 runs of every seed still share their pure-generic Stage 1
                     name = f"mt_rho{rho:g}_alpha{alpha:g}" + (f"_s{seed}" if len(seeds) > 1 else "")
-                    d = _base(study, name, T * B, first=seed * T * B)
-                    d["phases"] = [{"name": "midtrain", "steps": N,
-                                    "two_stage": {"gamma": gamma, "replay": rho, "alpha": alpha, **names},
-                                    "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
                     labels = {"setting": "midtrain", "rho": rho, "alpha": alpha, "lr": mt.lr, "x": T, "seed": seed,
-                              "switch_step": plan.switch_step}
-                    runs.append((labels, validate(d, f"study run {name}")))
+                              "switch_step": switch}
+                    runs.append((labels, _midtrain_run(study, name, T, rho, alpha, seed, warm)))
     if study.reference is not None:
-        mt = study.midtrain or MidtrainGrid()
-        for x in study.reference.target_batches:
-            g = x * mt.epochs / N
-            if g > 1:
-                raise sched.ScheduleError(f"reference x={x:g} batches x {mt.epochs:g} epochs exceeds the {N}-step run")
-            name = f"ref_x{x:g}"
-            d = _base(study, name, max(1, int(round(x * B))))
-            d["phases"] = [{"name": "reference", "steps": N, "uniform": {"gamma": g, **names},
-                            "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
-            labels = {"setting": "reference", "rho": None, "alpha": None, "lr": mt.lr, "x": x, "seed": 0, "switch_step": None}
-            runs.append((labels, validate(d, f"study run {name}")))
+        runs += _reference_runs(study, warm)
     return runs
+
+
+def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float, seed: int, warm: int) -> RunConfig:
+    """Pre-training on generic for N - F steps, then fine-tuning on x batches of target data for
+    F = x * E / (1 - rho) steps: the total stays N, so more fine-tuning means less pre-training."""
+    ft = study.finetune or FinetuneGrid()
+    pre, B, N = study.pretrain, study.batch_size, study.steps
+    plan = sched.finetune(x, ft.epochs, rho)
+    if plan.steps >= N:
+        raise sched.ScheduleError(f"fine-tuning at rho={rho:g}, x={x:g} batches needs {plan.steps} steps, not less "
+                                  f"than the budget {N}")
+    n = max(1, int(round(x * B)))
+    # seed s: the s-th disjoint draw of unique target data, and its own fine-tuning order
+    d = _base(study, name, n, first=seed * n)
+    d["phases"] = [
+        {"name": "pretrain", "steps": N - plan.steps, "constant": study.generic_name,
+         "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)},
+        {"name": "finetune",
+         "finetune": {"target_steps": x, "epochs": ft.epochs, "replay": rho,
+                      "target": study.target_name, "generic": study.generic_name},
+         "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed,
+         # evaluate 4 times in the fine-tuning phase (and at its end): the over-fitting
+         # curve across epochs, at a cost that stays small next to the phase itself
+         "eval_interval": max(1, plan.steps // 4)},
+    ]
+    return validate(d, f"study run {name}")
+
+
+def _midtrain_run(study: StudyConfig, name: str, x: float, rho: float, alpha: float, seed: int, warm: int) -> RunConfig:
+    """One WSD run of N steps: gamma = x * E / N of it target data, the two-stage schedule."""
+    mt = study.midtrain or MidtrainGrid()
+    n = max(1, int(round(x * study.batch_size)))
+    d = _base(study, name, n, first=seed * n)
+    d["phases"] = [{"name": "midtrain", "steps": study.steps,
+                    "two_stage": {"gamma": x * mt.epochs / study.steps, "replay": rho, "alpha": alpha,
+                                  "target": study.target_name, "generic": study.generic_name},
+                    "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
+    return validate(d, f"study run {name}")
+
+
+def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any], RunConfig]]:
+    """The reference curve(s) for the efficiency fit (README, "Data efficiency").
+
+    uniform: one run per (x, seed), target mixed uniformly at gamma = x * E / N under the
+    mid-training peak LR; cosine as the paper's launcher (``reference.schedule``).
+    baseline: the fine-tuning baseline (rho = 0, every LR) and the mid-training baseline
+    (rho = 0, alpha = 1) at every x other than the study's own T, whose runs are already
+    there; labelled ``reference: true`` so they are never picked as methods.
+    """
+    ref, N, T = study.reference, study.steps, study.target_batches
+    assert ref is not None
+    mt = study.midtrain or MidtrainGrid()
+    seeds = ref.seeds if ref.seeds is not None else study.seeds
+    out: list[tuple[dict[str, Any], RunConfig]] = []
+    for x in ref.target_batches:
+        if x * mt.epochs > N:
+            raise sched.ScheduleError(f"reference x={x:g} batches x {mt.epochs:g} epochs exceeds the {N}-step run")
+        for seed in seeds:
+            tag = f"_s{seed}" if len(seeds) > 1 else ""
+            if ref.family == "uniform":
+                name = f"ref_x{x:g}{tag}"
+                n = max(1, int(round(x * study.batch_size)))
+                d = _base(study, name, n, first=seed * n)
+                lr = _lr(mt.lr, ref.schedule, mt.warmup, mt.decay, warm if ref.schedule == "wsd" else None)
+                d["phases"] = [{"name": "reference", "steps": N, "uniform": {
+                    "gamma": x * mt.epochs / N, "target": study.target_name, "generic": study.generic_name}, "lr": lr}]
+                labels = {"setting": "reference", "rho": None, "alpha": None, "lr": mt.lr, "x": x, "seed": seed,
+                          "switch_step": None}
+                out.append((labels, validate(d, f"study run {name}")))
+                continue
+            if x == T:
+                continue  # the baselines themselves are the points at x = T
+            if study.finetune is not None:
+                for lr in study.finetune.lrs:
+                    name = f"ftref_x{x:g}_lr{lr:g}_s{seed}"
+                    cfg = _finetune_run(study, name, x, 0.0, lr, seed, warm)
+                    labels = {"setting": "finetune", "rho": 0.0, "alpha": None, "lr": lr, "x": x, "seed": seed,
+                              "switch_step": cfg.phases[0].steps, "reference": True}
+                    out.append((labels, cfg))
+            if study.midtrain is not None:
+                name = f"mtref_x{x:g}{tag}"
+                cfg = _midtrain_run(study, name, x, 0.0, 1.0, seed, warm)
+                switch = sched.two_stage(N, x * mt.epochs / N, 0.0, 1.0).switch_step
+                labels = {"setting": "midtrain", "rho": 0.0, "alpha": 1.0, "lr": mt.lr, "x": x, "seed": seed,
+                          "switch_step": switch, "reference": True}
+                out.append((labels, cfg))
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -216,13 +281,17 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
         "target_batches": study.target_batches, "model": study.model.model_dump(mode="json", exclude_none=True),
         "seeds": study.seeds,
     }}
-    results.update(analyse(rows))
+    family = study.reference.family if study.reference is not None else "uniform"
+    results["meta"]["reference_family"] = family
+    results.update(analyse(rows, family, level=study.reference.level if study.reference is not None else eff.LEVEL))
     return results
 
 
-def analyse(rows: list[dict[str, Any]], resamples: int = 200) -> dict[str, Any]:
-    """Fit the reference curve and compute the paper's multipliers (replaytune.efficiency),
-    plus seed-to-seed noise per setting (std of the target loss over seeds, pooled)."""
+def analyse(rows: list[dict[str, Any]], family: str = "uniform", *, resamples: int = eff.RESAMPLES,
+            level: float = eff.LEVEL) -> dict[str, Any]:
+    """The paper's multipliers, each read off its reference curve of ``family``
+    (:func:`replaytune.efficiency.compare`), with bootstrap intervals over the seeds of the
+    reference points and of the compared runs, plus seed-to-seed noise per setting (pooled)."""
     groups = eff.group_runs(rows)
     noise: dict[str, dict[str, float]] = {}
     for setting in dict.fromkeys(g["setting"] for g in groups):
@@ -231,30 +300,32 @@ def analyse(rows: list[dict[str, Any]], resamples: int = 200) -> dict[str, Any]:
             sd = eff.pooled_std(mine, which)
             if sd is not None:
                 noise.setdefault(setting, {})[which] = sd
-    out: dict[str, Any] = {
-        "multipliers": {"finetune_replay": None, "midtrain_replay": None, "full_schedule": None},
+    comparisons, curves = eff.compare(rows, family, resamples=resamples, level=level)
+    curve_out = {}
+    for name, c in curves.items():
+        entry: dict[str, Any] = {"x": c["xs"], "losses": c["losses"]}
+        if "fit" in c:
+            entry["fit"] = c["fit"].to_dict()
+        else:
+            entry["error"] = c["error"]  # a failed or refused fit is reported, never hidden
+        curve_out[name] = entry
+    efficiency: dict[str, Any] = {"reference": family, "level": level, "resamples": resamples, "curves": curve_out}
+    if family == "uniform" and "fit" in curve_out.get("uniform", {}):
+        efficiency["fit"] = curve_out["uniform"]["fit"]
+    efficiency["comparisons"] = {
+        k: None if v is None else {
+            "reference": v["reference"], "method": v["method"]["name"], "baseline": v["baseline"]["name"],
+            "candidates": v["candidates"], "method_x": v["method_x"], "baseline_x": v["baseline_x"],
+            "multiplier": v["multiplier"], "interval": v["interval"],
+            **({"error": v["error"]} if v.get("error") else {}),
+        }
+        for k, v in comparisons.items()
+    }
+    return {
+        "multipliers": {k: (v["multiplier"] if v else None) for k, v in comparisons.items()},
         "noise": noise,
+        "efficiency": efficiency,
     }
-    xs, losses = eff.reference_points(rows)
-    try:
-        fit = eff.fit_reference(xs, losses)
-    except eff.FitError as exc:  # a failed fit is reported, never hidden
-        out["efficiency"] = {"error": str(exc)}
-        return out
-    comparisons = eff.compare_best(fit, rows, resamples=resamples)
-    out["multipliers"] = {k: (v["multiplier"] if v else None) for k, v in comparisons.items()}
-    out["efficiency"] = {
-        "fit": fit.to_dict(),
-        "comparisons": {
-            k: None if v is None else {
-                "method": v["method"]["name"], "baseline": v["baseline"]["name"], "candidates": v["candidates"],
-                "method_x": v["method_x"], "baseline_x": v["baseline_x"], "multiplier": v["multiplier"],
-                "interval": v["interval"],
-            }
-            for k, v in comparisons.items()
-        },
-    }
-    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -303,3 +303,80 @@ def test_best_per_keeps_lowest_loss_per_key_in_first_seen_order():
     best = eff.best_per(groups, lambda g: g["rho"])
     assert list(best) == [0.5, 0.0]
     assert best[0.5]["lr"] == 2 and best[0.0]["lr"] == 1  # a tie keeps the first seen
+
+
+# -- reference families ----------------------------------------------------------------------------
+
+REF_XS = [0.5, 1.0, 2.0, 4.0]
+
+
+def _row(name, setting, rho, loss, *, x=1.0, alpha=None, seed=0, lr=3e-4, reference=False):
+    r = {"name": name, "setting": setting, "rho": rho, "alpha": alpha, "lr": lr, "x": x, "seed": seed,
+         "target_loss": loss, "generic_loss": 3.0}
+    if reference:
+        r["reference"] = True
+    return r
+
+
+def baseline_family_runs(ft_method_at=2.0, mt_method_at=0.5, noise=0.004, flat_ft=False):
+    """Fine-tuning curve L = 0.8/x^0.3 + 2.5, mid-training curve L = 0.5/x^0.5 + 3.0, two seeds per
+    point (+-noise); the replay methods sit exactly on their curve at ``*_method_at`` batches."""
+    ft = (lambda x: 3.0) if flat_ft else (lambda x: 0.8 / x**0.3 + 2.5)
+    mt = lambda x: 0.5 / x**0.5 + 3.0  # noqa: E731
+    rows = []
+    for x in REF_XS:
+        for seed, d in ((0, noise), (1, -noise)):
+            ref = x != 1.0  # the baselines themselves are the points at x = 1
+            tag = f"x{x:g}_s{seed}"
+            rows.append(_row(f"ft0_{tag}", "finetune", 0.0, ft(x) + d, x=x, seed=seed, reference=ref))
+            rows.append(_row(f"mt0_{tag}", "midtrain", 0.0, mt(x) + d, x=x, alpha=1.0, seed=seed, reference=ref))
+    for seed, d in ((0, noise), (1, -noise)):
+        rows.append(_row(f"ft5_s{seed}", "finetune", 0.5, ft(ft_method_at) + d, seed=seed))
+        rows.append(_row(f"mt5_s{seed}", "midtrain", 0.5, mt(mt_method_at) + d, alpha=1.0, seed=seed))
+    return rows
+
+
+def test_baseline_family_reads_each_comparison_off_its_own_curve():
+    rows = baseline_family_runs()
+    out, curves = eff.compare(rows, "baseline", resamples=300, level=0.9)
+    assert set(curves) == {"finetune", "midtrain"}
+    assert sorted(curves["finetune"]["xs"]) == sorted(REF_XS * 2)  # every seed a point, the baseline included
+    ft, mt = out["finetune_replay"], out["midtrain_replay"]
+    assert ft["reference"] == "finetune" and mt["reference"] == "midtrain"
+    # the methods and baselines are the x = 1 runs, never reference points at other x
+    assert ft["method"]["name"] == "ft5_s0" and ft["baseline"]["name"] == "ft0_x1_s0"
+    assert ft["multiplier"] == pytest.approx(2.0, rel=0.05)  # on the curve at 2 batches: worth 2x
+    assert mt["multiplier"] == pytest.approx(0.5, rel=0.05)  # replay hurt: honestly below 1
+    lo, hi = ft["interval"]
+    assert lo <= ft["multiplier"] <= hi and lo > 1.0  # an effect far beyond the noise excludes 1
+    lo, hi = mt["interval"]
+    assert lo <= mt["multiplier"] <= hi and hi < 1.0
+    assert out["full_schedule"]["reference"] == "midtrain"
+
+
+def test_flat_reference_curve_gives_no_multiplier_and_says_why():
+    rows = baseline_family_runs(flat_ft=True, noise=0.02)
+    out, curves = eff.compare(rows, "baseline", resamples=100)
+    assert "fit" not in curves["finetune"]
+    assert "does not fall beyond its seed noise" in curves["finetune"]["error"]
+    ft = out["finetune_replay"]
+    assert ft["multiplier"] is None and ft["interval"] is None and "seed noise" in ft["error"]
+    assert out["midtrain_replay"]["multiplier"] is not None  # the other curve still works
+
+
+def test_falls_beyond_noise_needs_a_drop_beyond_two_standard_errors():
+    xs = [1, 1, 2, 2, 4, 4]
+    assert eff.falls_beyond_noise(xs, [3.0, 3.1, 2.9, 3.0, 2.98, 3.02]) is not None  # drop 0.05, se ~0.05
+    assert eff.falls_beyond_noise(xs, [3.5, 3.52, 3.2, 3.22, 3.0, 3.02]) is None
+    assert eff.falls_beyond_noise([1, 2, 4], [3.0, 3.0, 3.0]) is None  # one seed: noise unmeasured, no verdict
+
+
+def test_uniform_family_uses_the_uniform_reference_runs():
+    rows = [r for r in baseline_family_runs() if not r.get("reference")]
+    rows += [_row(f"ref{x:g}", "reference", None, 0.8 / x**0.3 + 2.5, x=x) for x in REF_XS]
+    out, curves = eff.compare(rows, "uniform")
+    assert list(curves) == ["uniform"] and curves["uniform"]["xs"] == REF_XS
+    assert out["finetune_replay"]["reference"] == "uniform"
+    assert out["finetune_replay"]["multiplier"] == pytest.approx(2.0, rel=0.05)
+    with pytest.raises(eff.FitError, match="reference family"):
+        eff.compare(rows, "nope")

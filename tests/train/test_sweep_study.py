@@ -34,8 +34,9 @@ def _study(stores, **kw):
 def test_study_runs_match_the_paper_protocol(stores):
     runs = study.build_runs(_study(stores))
     by = {cfg.name: (labels, cfg) for labels, cfg in runs}
-    # ft: 2 rho x 2 seeds; mt: alpha = 1 with both seeds (2 rho x 2), alpha = 0.5 with seed 0 (2); ref: 3
-    assert len(runs) == 2 * 2 + (2 * 2 + 2) + 3
+    # ft: 2 rho x 2 seeds; mt: alpha = 1 with both seeds (2 rho x 2), alpha = 0.5 with seed 0 (2);
+    # ref: 3 amounts x 2 seeds (the study's seeds, disjoint draws of target data)
+    assert len(runs) == 2 * 2 + (2 * 2 + 2) + 3 * 2
     for name, (labels, cfg) in by.items():
         assert sum(p.build()[1] for p in cfg.phases) == 40, name  # total steps fixed
     # rho = 0.5 doubles fine-tuning (1 batch x 4 epochs = 4 steps -> 8), pre-training shrinks by 4
@@ -44,8 +45,26 @@ def test_study_runs_match_the_paper_protocol(stores):
     assert ft.data.sources["target"].sequences == 8  # one batch of unique target data ...
     assert ft.data.sources["target"].first == 8  # ... the second disjoint draw of it for seed 1
     assert by["mt_rho0.5_alpha1_s1"][1].data.sources["target"].first == 8 and "mt_rho0.5_alpha0.5" in by
-    ref = by["ref_x2"][1]
+    ref = by["ref_x2_s1"][1]
     assert ref.data.sources["target"].sequences == 16 and ref.phases[0].uniform.gamma == pytest.approx(2 * 4 / 40)
+    assert ref.data.sources["target"].first == 16 and ref.phases[0].lr.schedule == "cosine"  # the paper's launcher
+
+
+def test_baseline_reference_family_repeats_each_baseline_at_more_target_data(stores):
+    cfg = _study(stores, reference={"target_batches": [0.5, 1, 2], "family": "baseline", "seeds": [0, 1]})
+    runs = study.build_runs(cfg)
+    refs = {c.name: (lab, c) for lab, c in runs if lab.get("reference")}
+    # x = 1 is the baselines themselves; x = 0.5 and 2: fine-tuning (one LR) and mid-training, 2 seeds each
+    assert sorted(refs) == sorted(f"{k}_x{x}{lr}_s{s}" for k, lr in (("ftref", "_lr0.001"), ("mtref", ""))
+                                  for x in ("0.5", "2") for s in (0, 1))
+    lab, ft = refs["ftref_x2_lr0.001_s1"]
+    assert lab["setting"] == "finetune" and lab["rho"] == 0.0 and lab["x"] == 2
+    # 2 batches x 4 epochs = 8 fine-tuning steps; the total budget stays 40, pre-training shrinks to 32
+    assert [p.build()[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer
+    assert ft.data.sources["target"].sequences == 16 and ft.data.sources["target"].first == 16
+    lab, mt = refs["mtref_x0.5_s0"]
+    assert mt.phases[0].two_stage.gamma == pytest.approx(0.5 * 4 / 40) and mt.phases[0].two_stage.alpha == 1.0
+    assert sum(p.build()[1] for p in mt.phases) == 40 and mt.data.sources["target"].sequences == 4
 
 
 def test_sweep_shares_prefixes_bit_identically_and_resumes(stores, tmp_path):
