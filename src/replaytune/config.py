@@ -151,6 +151,10 @@ class PhaseConfig(_Frozen):
         None, ge=1, description="Evaluate every N steps of this phase (overrides eval.interval here), e.g. densely "
         "during a short fine-tuning phase to see over-fitting across epochs."
     )
+    eval_at: list[int] = Field(
+        default_factory=list, description="Also evaluate after these steps of this phase (phase-relative), e.g. "
+        "densely around a switch to target data; steps past the phase's end are ignored."
+    )
     seed: int | None = Field(
         None, description="Mixture seed of this phase; default derived from data.seed and the phase index. "
         "Varying it varies this phase's batches only (e.g. fine-tuning seeds after one shared pre-training)."

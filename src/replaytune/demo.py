@@ -154,6 +154,7 @@ def demo_study(data: DemoData, target: str, *, full: bool, quick: bool = False) 
                      "lr": 3e-3, "seeds": seeds[:2]},
         "reference": {"target_batches": REF_X, "family": "baseline", "seeds": seeds[:2], "level": 0.9},
         "eval": {"interval": 0, "sequences": 64, "batch_size": 64},
+        "switch_evals": SWITCH_EVALS,
     }
     if not full:
         # The second target: the fine-tuning comparison with its own fine-tuning reference curve;
@@ -174,6 +175,9 @@ REF_X = [0.5, 1, 2, 4]  # unique target batches of the reference curves (the met
 # "Results of the demo"): a grid doubles every fine-tuning run and reference point.
 FT_LR = {"basque": 3e-4, "python": 1e-4}
 FT_LR_DEFAULT = 3e-4
+# Held-out evaluations around the switch to target data (first seed): the loss spike of the
+# distribution shift, 8 evaluations of 128 sequences per run (BENCHMARKS.md, "demo").
+SWITCH_EVALS = [-32, -16, -4, 4, 8, 16, 32, 64]
 
 
 def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] | None = None, quick: bool = False,

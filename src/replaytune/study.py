@@ -101,6 +101,10 @@ class StudyConfig(_Frozen):
     reference: ReferenceGrid | None = ReferenceGrid()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    switch_evals: list[int] = Field(
+        [], description="Extra held-out evaluations at these offsets from the switch to target data (e.g. -32, 8, 64), "
+        "in the first seed's fine-tuning and mid-training runs: the loss spike the paper's 'distribution shift' "
+        "explanation is about, at the cost of one evaluation each.")
 
 
 def _lr(peak: float, kind: str, warmup: float, decay: float = 0.1, warmup_steps: int | None = None) -> dict[str, Any]:
@@ -142,7 +146,7 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
             for lr in ft.lrs:
                 for seed in study.seeds:
                     name = f"ft_rho{rho:g}_lr{lr:g}_s{seed}"
-                    cfg = _finetune_run(study, name, T, rho, lr, seed, warm)
+                    cfg = _finetune_run(study, name, T, rho, lr, seed, warm, dense=seed == study.seeds[0])
                     labels = {"setting": "finetune", "rho": rho, "alpha": None, "lr": lr, "x": T, "seed": seed,
                               "switch_step": cfg.phases[0].steps}
                     runs.append((labels, cfg))
@@ -160,13 +164,14 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
                     name = f"mt_rho{rho:g}_alpha{alpha:g}" + (f"_s{seed}" if len(seeds) > 1 else "")
                     labels = {"setting": "midtrain", "rho": rho, "alpha": alpha, "lr": mt.lr, "x": T, "seed": seed,
                               "switch_step": switch}
-                    runs.append((labels, _midtrain_run(study, name, T, rho, alpha, seed, warm)))
+                    runs.append((labels, _midtrain_run(study, name, T, rho, alpha, seed, warm, dense=seed == seeds[0])))
     if study.reference is not None:
         runs += _reference_runs(study, warm)
     return runs
 
 
-def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float, seed: int, warm: int) -> RunConfig:
+def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float, seed: int, warm: int,
+                  dense: bool = False) -> RunConfig:
     """Pre-training on generic for N - F steps, then fine-tuning on x batches of target data for
     F = x * E / (1 - rho) steps: the total stays N, so more fine-tuning means less pre-training."""
     ft = study.finetune or FinetuneGrid()
@@ -184,23 +189,33 @@ def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float
         {"name": "finetune",
          "finetune": {"target_steps": x, "epochs": ft.epochs, "replay": rho,
                       "target": study.target_name, "generic": study.generic_name},
-         "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed,
-         # evaluate 4 times in the fine-tuning phase (and at its end): the over-fitting
-         # curve across epochs, at a cost that stays small next to the phase itself
-         "eval_interval": max(1, plan.steps // 4)},
+         "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed},
     ]
+    if dense:
+        # the first seed's curves are the ones plotted: evaluate 4 times in the fine-tuning phase
+        # (the over-fitting curve across epochs), and at the study's offsets from the switch:
+        # before it in pre-training, after it in fine-tuning
+        d["phases"][1]["eval_interval"] = max(1, plan.steps // 4)
+        P = N - plan.steps
+        d["phases"][0]["eval_at"] = sorted(P + o for o in study.switch_evals if -P < o < 0)
+        d["phases"][1]["eval_at"] = sorted(o for o in study.switch_evals if 0 < o <= plan.steps)
     return validate(d, f"study run {name}")
 
 
-def _midtrain_run(study: StudyConfig, name: str, x: float, rho: float, alpha: float, seed: int, warm: int) -> RunConfig:
+def _midtrain_run(study: StudyConfig, name: str, x: float, rho: float, alpha: float, seed: int, warm: int,
+                  dense: bool = False, epochs: float | None = None) -> RunConfig:
     """One WSD run of N steps: gamma = x * E / N of it target data, the two-stage schedule."""
     mt = study.midtrain or MidtrainGrid()
+    E = mt.epochs if epochs is None else epochs
     n = max(1, int(round(x * study.batch_size)))
     d = _base(study, name, n, first=seed * n)
     d["phases"] = [{"name": "midtrain", "steps": study.steps,
-                    "two_stage": {"gamma": x * mt.epochs / study.steps, "replay": rho, "alpha": alpha,
+                    "two_stage": {"gamma": x * E / study.steps, "replay": rho, "alpha": alpha,
                                   "target": study.target_name, "generic": study.generic_name},
                     "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
+    if dense:
+        switch = sched.two_stage(study.steps, x * E / study.steps, rho, alpha).switch_step
+        d["phases"][0]["eval_at"] = sorted(switch + o for o in study.switch_evals if 0 < switch + o <= study.steps)
     return validate(d, f"study run {name}")
 
 
@@ -209,9 +224,10 @@ def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any],
 
     uniform: one run per (x, seed), target mixed uniformly at gamma = x * E / N under the
     mid-training peak LR; cosine as the paper's launcher (``reference.schedule``).
-    baseline: the fine-tuning baseline (rho = 0, every LR) and the mid-training baseline
-    (rho = 0, alpha = 1) at every x other than the study's own T, whose runs are already
-    there; labelled ``reference: true`` so they are never picked as methods.
+    baseline: the fine-tuning baseline (rho = 0, every LR; E epochs, so x * E fine-tuning steps
+    and N - x * E of pre-training) and the mid-training baseline (rho = 0, alpha = 1, Stage 2
+    of the baseline's T * E steps holding x batches) at every x other than the study's own T,
+    whose runs are already there; labelled ``reference: true`` so they are never picked as methods.
     """
     ref, N, T = study.reference, study.steps, study.target_batches
     assert ref is not None
@@ -244,9 +260,13 @@ def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any],
                               "switch_step": cfg.phases[0].steps, "reference": True}
                     out.append((labels, cfg))
             if study.midtrain is not None:
+                # Stage 2 keeps the baseline's length (T * E steps) and holds x batches of unique
+                # data, seen E * T / x times: at a fixed E, Stage 2 would grow with x, and a longer
+                # pure stage at the peak LR memorizes its data (measured at CPU scale: x = 4, 128
+                # steps, train loss 0.05 and held-out 6.6-7.2 against 4.9 at x = 1)
                 name = f"mtref_x{x:g}{tag}"
-                cfg = _midtrain_run(study, name, x, 0.0, 1.0, seed, warm)
-                switch = sched.two_stage(N, x * mt.epochs / N, 0.0, 1.0).switch_step
+                cfg = _midtrain_run(study, name, x, 0.0, 1.0, seed, warm, epochs=mt.epochs * T / x)
+                switch = sched.two_stage(N, T * mt.epochs / N, 0.0, 1.0).switch_step
                 labels = {"setting": "midtrain", "rho": 0.0, "alpha": 1.0, "lr": mt.lr, "x": x, "seed": seed,
                           "switch_step": switch, "reference": True}
                 out.append((labels, cfg))

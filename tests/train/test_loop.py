@@ -256,3 +256,14 @@ def test_phase_eval_interval_evaluates_densely_inside_that_phase(stores, tmp_pat
     train(cfg)
     steps = [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["kind"] == "eval"]
     assert steps == [12, 14, 16, 18, 20]  # phase end of pre-training, then every 2 fine-tuning steps
+
+
+def test_phase_eval_at_adds_evaluations_around_the_switch(stores, tmp_path):
+    from replaytune.train import read_metrics, train
+
+    cfg = tiny_config(stores, tmp_path / "run", eval={"interval": 0, "sequences": 8, "batch_size": 8})
+    sets = ["phases.0.eval_at=[9, 11]", "phases.1.eval_at=[1, 3, 99]"]  # 99: past the phase, ignored
+    cfg = config.validate(config.apply_overrides(cfg.model_dump(mode="json"), sets))
+    train(cfg)
+    steps = [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["kind"] == "eval"]
+    assert steps == [9, 11, 12, 13, 15, 20]  # pre-training ends at 12, fine-tuning at 20

@@ -63,8 +63,10 @@ def test_baseline_reference_family_repeats_each_baseline_at_more_target_data(sto
     assert [p.build()[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer
     assert ft.data.sources["target"].sequences == 16 and ft.data.sources["target"].first == 16
     lab, mt = refs["mtref_x0.5_s0"]
-    assert mt.phases[0].two_stage.gamma == pytest.approx(0.5 * 4 / 40) and mt.phases[0].two_stage.alpha == 1.0
+    # Stage 2 keeps the baseline's 1 batch x 4 epochs = 4 steps and holds half a batch (seen 8 times)
+    assert mt.phases[0].two_stage.gamma == pytest.approx(1 * 4 / 40) and mt.phases[0].two_stage.alpha == 1.0
     assert sum(p.build()[1] for p in mt.phases) == 40 and mt.data.sources["target"].sequences == 4
+    assert lab["switch_step"] == 36
 
 
 def test_sweep_shares_prefixes_bit_identically_and_resumes(stores, tmp_path):
@@ -138,3 +140,12 @@ def test_runs_with_another_target_share_the_generic_pretraining_exactly(stores, 
     assert res.records[1]["final"] == alone.records[0]["final"]
     lines = read_metrics(tasks[1].run_dir / "metrics.jsonl")
     assert all(set(m["tokens"]) == {"other", "generic"} for m in lines if m["kind"] == "train")
+
+
+def test_switch_evals_land_around_each_switch_in_the_first_seed_only(stores):
+    runs = {c.name: c for _, c in study.build_runs(_study(stores, reference=None, switch_evals=[-8, -2, 2, 6]))}
+    ft = runs["ft_rho0.5_lr0.001_s0"]  # pre-training 32 steps, fine-tuning 8
+    assert ft.phases[0].eval_at == [24, 30] and ft.phases[1].eval_at == [2, 6]
+    assert runs["ft_rho0.5_lr0.001_s1"].phases[1].eval_at == []
+    mt = runs["mt_rho0.5_alpha1_s0"]  # gamma 4/40, rho 0.5: Stage 2 = the last 8 steps, switch at 32
+    assert mt.phases[0].eval_at == [24, 30, 34, 38]

@@ -234,6 +234,7 @@ class Trainer:
         interval = cfg.eval.interval if cfg.eval.interval is not None else auto_interval(plan.total_steps, cfg.data.batch_size, n_eval)
         self.eval_interval = interval
         eval_steps = set(plan.phase_ends()) | (set(plan.stage_switches()) if cfg.eval.at_stage_switch else set())
+        eval_steps |= {p.start + k for p in plan.phases for k in cfg.phases[p.index].eval_at if 0 < k <= p.end - p.start}
         ckpt_steps = set(plan.phase_ends()) | set(self.save_at)
 
         self._t0 = time.perf_counter()
