@@ -1,6 +1,5 @@
 """Pure parts of sweeps: grid expansion, run keys, prefix plan (the trie bound)."""
 
-import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -57,3 +56,12 @@ def test_plan_ignores_prefixes_too_short_to_be_worth_a_checkpoint():
     sigs = [chain("aaaaaaaaaa"), chain("aabbbbbbbb"), chain("aaaaaaaaab")]
     assert plan(sigs, min_shared=0.3) == [(None, 0), (None, 0), (0, 9)]  # 2 of 10 shared: not enough
     assert plan(sigs, min_shared=2) == [(None, 0), (0, 2), (0, 9)]
+
+
+def test_a_sweep_whose_base_file_is_missing_names_it(tmp_path):
+    from replaytune.errors import ConfigError
+    from replaytune.sweep import load_sweep
+
+    (tmp_path / "s.yaml").write_text("base: nope.yaml\ngrid: {}\n")
+    with pytest.raises(ConfigError, match="nope.yaml not found"):
+        load_sweep(tmp_path / "s.yaml")

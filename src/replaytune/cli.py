@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except ReplaytuneError as exc:
         print(f"replaytune {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system refused: a read-only or full disk, a file where a folder goes
+        where = f"{exc.filename}: " if exc.filename else ""
+        why = exc.strerror or str(exc)
+        hint = {28: "free some space, or write elsewhere", 13: "choose an output you can write to",
+                30: "choose an output on a writable file system", 20: "a file stands where a folder is needed; "
+                "choose another path", 17: "choose another path"}.get(exc.errno or 0, "check the path")
+        print(f"replaytune {args.command}: error: {where}{why} ({hint})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"replaytune {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -38,14 +38,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from replaytune.config import PRESET_NAMES, ModelConfig
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
-from replaytune.fsio import replace_dir
+from replaytune.fsio import replace_dir, temp_dir
 
 # Architecture of each preset; vocabulary size and sequence length are added at build time.
 PRESETS: dict[str, dict[str, int]] = {
@@ -258,7 +257,7 @@ def save_model(model, path: str | Path, *, tokenizer=None, state_dict: Mapping[s
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = temp_dir(path)
     from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()

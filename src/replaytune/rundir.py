@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from replaytune.errors import ReplaytuneError
+
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 RECORD = "record.json"
@@ -71,3 +73,73 @@ def is_resumable(run_dir: str | Path) -> bool:
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / RECORD).read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------------------------------
+# One writer per run directory
+# ------------------------------------------------------------------------------------------
+
+LOCK = ".lock"
+
+
+class RunLocked(ReplaytuneError):
+    """Another live process holds the run directory (message: who, and what to do)."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory while one process trains in it.
+
+    ``flock`` on ``run_dir/.lock`` (non-blocking): the kernel drops it when the holder exits,
+    however it exits, so a killed run never leaves a lock that blocks its ``--resume``. The
+    file names the holder (pid, host) for the message a second writer gets. Released on
+    exit; the file is removed, and so is the directory if this lock created it and nothing
+    else was written (a run refused before it started leaves nothing behind).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.path = self.dir / LOCK
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+        import os
+        import socket
+
+        self._created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(f"{self.dir} is in use by {holder}; wait for it to finish (or stop it), "
+                            f"or choose another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        import os
+
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+        if self._created:
+            try:
+                self.dir.rmdir()  # only when empty: this lock made it and nothing was written
+            except OSError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -86,6 +86,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[li
     base = spec["base"]
     if isinstance(base, str):
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base: {base_path} not found (a run config file, relative to the sweep file)")
         base = yaml.safe_load(base_path.read_text())
     base = cfgmod.apply_overrides(base, overrides or [])
     out_dir = Path(spec.get("out_dir", f"runs/{path.stem}"))

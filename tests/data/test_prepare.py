@@ -270,3 +270,52 @@ def test_cli_prepare_errors_exit_2_one_line(tmp_path, tiny_tok_path, capsys, arg
     assert rc == 2
     assert err == f"replaytune prepare: error: {message.format(tmp=tmp_path)}\n"
     assert not (tmp_path / "st").exists()
+
+
+def test_one_huge_file_does_not_carry_the_corpus_into_validation(tmp_path, tiny_tok):
+    # 48 small files and one holding about two thirds of the tokens, as a user's folder of .txt files
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "fox", "jumps", "over", "lazy", "dog", "the"]
+    for i in range(48):
+        (folder / f"small{i:02d}.txt").write_text(" ".join(rng.choice(words, 400)) + "\n")
+    (folder / "huge.txt").write_text(" ".join(rng.choice(words, 40000)) + "\n")
+    store, stats = prepare(str(folder), tiny_tok, tmp_path / "st", val_fraction=0.05, progress=False)
+    share = stats["tokens"]["val"] / (stats["tokens"]["val"] + stats["tokens"]["train"])
+    assert 0.025 <= share <= 0.10 and stats["val_share"] == pytest.approx(share, abs=1e-6)
+    assert stats["val_note"] is None
+    assert store.train.num_tokens + store.val.num_tokens == stats["tokens"]["train"] + stats["tokens"]["val"]
+    # every token of the source is in exactly one split: the chunks of the huge file are cut, not copied
+    total_docs_tokens = sum(len(tiny_tok(p.read_text(), add_special_tokens=False)["input_ids"]) + 1
+                            for p in folder.iterdir())
+    assert store.train.num_tokens + store.val.num_tokens == total_docs_tokens
+
+
+def test_held_out_tokens_stop_at_the_cap_and_a_far_share_is_reported(tmp_path, tiny_tok):
+    src = tmp_path / "one.txt"
+    src.write_text(" ".join(["the quick brown fox"] * 30000) + "\n")
+    with pytest.warns(UserWarning, match="max-val-tokens"):
+        _, stats = prepare(str(src), tiny_tok, tmp_path / "st", val_fraction=0.5, max_val_tokens=9000, progress=False)
+    assert 0 < stats["tokens"]["val"] <= 9000
+    assert "max-val-tokens" in stats["val_note"]
+
+
+def test_a_store_swap_cut_between_its_renames_is_undone_on_the_next_open(tmp_path, tiny_tok):
+    from replaytune.data.store import TokenStore
+
+    src = jsonl(tmp_path / "a.jsonl", DOCS)
+    store, _ = prepare(src, tiny_tok, tmp_path / "st", progress=False)
+    tokens = store.train.num_tokens
+    os.rename(tmp_path / "st", tmp_path / ".st.old-999999")  # killed after moving the old store aside
+    (tmp_path / ".st.tmp-999999-q").mkdir()  # ... with the new one never renamed in
+    assert TokenStore(tmp_path / "st").train.num_tokens == tokens
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "st"]
+
+
+def test_an_output_under_a_file_is_one_line_not_a_traceback(tmp_path, tiny_tok_path, capsys):
+    src = jsonl(tmp_path / "a.jsonl", DOCS)
+    (tmp_path / "afile").write_text("x")
+    code = main(["prepare", str(src), "--tokenizer", str(tiny_tok_path), "--out", str(tmp_path / "afile" / "st")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "afile" in err[0] and "Traceback" not in err[0]

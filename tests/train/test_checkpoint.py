@@ -216,3 +216,13 @@ def test_resume_before_any_checkpoint_starts_over(reference, tmp_path):
         record = train(reference.cfg, out_dir=run, resume=True)
     assert strip_timing(read_metrics(run)) == strip_timing(reference.metrics)
     assert _comparable(record) == _comparable(reference.record)
+
+
+def test_a_truncated_checkpoint_is_named_with_what_to_do(reference, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference.out, out)
+    (out / "record.json").unlink()
+    weights = list_checkpoints(out)[-1].path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="unreadable.*remove the folder"):
+        train(reference.cfg.model_copy(update={"out_dir": str(out)}), resume=True)

@@ -7,7 +7,8 @@ import argparse
 DESCRIPTION = """\
 Tokenize SOURCE into a token store: one flat memory-mapped token array per split (uint16 when
 the vocabulary fits, else uint32), document offsets, EOS after every document, and a held-out
-validation split chosen by document. SOURCE is a .txt/.jsonl/.parquet file (or .gz of
+validation split chosen by document (long text documents by 8,192-token chunks, so the held-out
+share of tokens stays close to the asked fraction). SOURCE is a .txt/.jsonl/.parquet file (or .gz of
 txt/jsonl), a directory or glob of them, a `datasets` save_to_disk folder, or a Hugging Face
 hub dataset name. The store is written atomically and fingerprinted by (source content,
 tokenizer, settings): running it again on an unchanged source prints "up to date".
@@ -37,7 +38,9 @@ def register(subparsers) -> None:
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-docs", type=int, default=None, metavar="N", help="hold out exactly N documents")
     val.add_argument("--val-fraction", type=float, default=None, metavar="F",
-                     help="hold out about F of the documents (default 0.01)")
+                     help="hold out about F of the tokens, by documents or chunks of long ones (default 0.01)")
+    p.add_argument("--max-val-tokens", type=int, default=None, metavar="N",
+                   help="with --val-fraction: stop holding out at N tokens (default 50M)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--strict", action="store_true",
                    help="refuse instead of fixing: undecodable bytes and examples over --max-length are errors")
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     store, stats = prepare(
         spec, args.tokenizer, args.out, val_docs=args.val_docs, val_fraction=args.val_fraction, seed=args.seed,
         max_length=args.max_length, chat_template=args.chat_template, skip_invalid=args.skip_invalid,
+        **({"max_val_tokens": args.max_val_tokens} if args.max_val_tokens is not None else {}),
         progress=not args.no_progress, force=args.force,
     )
     print(format_stats(spec.display_name, stats, store.path))

@@ -6,14 +6,21 @@ encoder (Rust, both cores), get EOS appended (unless the document already ends w
 assigned to a split, and are appended to the store's files. Memory is bounded by one batch
 plus the held-out documents of ``val_docs`` mode, never the corpus.
 
-Validation split (deterministic, by document)
----------------------------------------------
-Document i (in reader order) gets the key ``u_i = splitmix64(seed * 2**32 + i) / 2**64``,
-uniform in [0, 1) and independent of content and of other documents.
+Validation split (deterministic, by document or chunk)
+------------------------------------------------------
+Unit i (in reader order) gets the key ``u_i = splitmix64(seed * 2**32 + i) / 2**64``,
+uniform in [0, 1) and independent of content and of other units. A unit is a document;
+in ``val_fraction`` mode a text document longer than ``VAL_CHUNK`` tokens is cut into
+chunks of that size, each a unit, so one huge file cannot carry most of a corpus into
+validation (a folder of 49 files, one of them 66% of the tokens, held out 67% of its tokens
+at f = 0.05 when whole documents were the units; by chunks it holds out about 5%).
 
-* ``val_fraction=f``: document i is held out iff ``u_i < f`` (about f of the documents);
-  if that holds out none (a small source) and f > 0, the one document with the smallest key
-  is held out, so a source of two or more documents always has a validation split.
+* ``val_fraction=f``: unit i is held out iff ``u_i < f`` (about f of the tokens, once units
+  are small next to the source); if that holds out none (a small source) and f > 0, the one
+  unit with the smallest key is held out, so a source of two or more units always has a
+  validation split. Held-out tokens stop at ``max_val_tokens`` (default 50M, above the
+  paper's 10,240 sequences of 4,096 tokens); later units go to training. A realised share
+  under half or over twice ``f`` is reported (``stats["val_share"]``) with a warning.
 * ``val_docs=N``: the N documents with the smallest keys are held out (exactly N). They are
   kept in a max-heap while reading; a document pushed out of it goes to training then.
 
@@ -39,6 +46,7 @@ import heapq
 import json
 import os
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -51,8 +59,10 @@ from replaytune.data.store import FORMAT_VERSION, StoreWriter, TokenStore
 from replaytune.data.tokenizer import load_tokenizer, tokenizer_info
 from replaytune.errors import ConfigError, DataError
 
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: text documents split into chunks for the held-out split
 DEFAULT_VAL_FRACTION = 0.01
+VAL_CHUNK = 8192  # tokens: the unit of the held-out split for long text documents
+DEFAULT_MAX_VAL_TOKENS = 50_000_000
 _MASK64 = (1 << 64) - 1
 
 
@@ -68,11 +78,14 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _settings(spec: SourceSpec, val_docs, val_fraction, seed, max_length, template, skip_invalid) -> dict[str, Any]:
+def _settings(spec: SourceSpec, val_docs, val_fraction, seed, max_length, template, skip_invalid,
+              max_val_tokens=DEFAULT_MAX_VAL_TOKENS) -> dict[str, Any]:
     return {
         "read": spec.read_settings(),
         "val_docs": val_docs,
         "val_fraction": val_fraction,
+        "val_chunk": VAL_CHUNK,  # used in val_fraction mode
+        "max_val_tokens": max_val_tokens,
         "seed": seed,
         "max_length": max_length,
         "chat_template_sha256": None if template is None else hashlib.sha256(template.encode()).hexdigest()[:16],
@@ -121,8 +134,11 @@ class _Builder:
     """Tokenizes batches of documents and routes finished documents to the writer."""
 
     def __init__(self, tok, spec: SourceSpec, writer: StoreWriter, eos: int, *, template, max_length,
-                 val_docs, val_fraction, seed, skip_invalid):
+                 val_docs, val_fraction, seed, skip_invalid, max_val_tokens=DEFAULT_MAX_VAL_TOKENS):
         self.tok, self.spec, self.w, self.eos = tok, spec, writer, eos
+        self.max_val_tokens = max_val_tokens
+        self.units = -1  # reader-order index of the current split unit (a document or a chunk of one)
+        self.val_tokens = 0
         self.backend = getattr(tok, "backend_tokenizer", None)
         self.template, self.max_length = template, max_length
         self.val_docs, self.val_fraction, self.seed = val_docs, val_fraction, seed
@@ -166,7 +182,13 @@ class _Builder:
         if self.open_doc:  # EOS joined here: one copy of a long document, not two
             doc = np.concatenate(self.open_doc + [np.array([self.eos], dtype=self.dtype)])
             self.open_doc = []
-            self._finish(doc, None, "")
+            if self.val_docs is None and len(doc) > VAL_CHUNK:  # long document: chunks are the units
+                for lo in range(0, len(doc), VAL_CHUNK):
+                    self.units += 1
+                    self._finish(doc[lo: lo + VAL_CHUNK], None, "", self.units, eos=lo + VAL_CHUNK >= len(doc))
+            else:
+                self.units += 1
+                self._finish(doc, None, "", self.units)
 
     def finish(self) -> None:
         self._close_text()
@@ -238,10 +260,11 @@ class _Builder:
             self._finish(ids, mask, doc.where)
 
     # -------------------------------------------------------------- routing
-    def _finish(self, ids: np.ndarray, mask: np.ndarray | None, where: str, index: int | None = None) -> None:
-        """Append EOS, apply the length limit, and assign the document to a split."""
+    def _finish(self, ids: np.ndarray, mask: np.ndarray | None, where: str, index: int | None = None,
+                eos: bool = True) -> None:
+        """Append EOS (``eos``: the unit ends a document), apply the length limit, assign a split."""
         index = self.index if index is None else index
-        if len(ids) == 0 or ids[-1] != self.eos:
+        if eos and (len(ids) == 0 or ids[-1] != self.eos):
             ids = np.append(ids, np.array([self.eos], dtype=self.dtype))
             if mask is not None:  # learn to stop right after a reply / completion, nowhere else
                 mask = np.append(mask, np.uint8(mask[-1] if len(mask) else 0))
@@ -265,7 +288,7 @@ class _Builder:
                 self._write("train", t, m)
             else:
                 self._write("train", ids, mask)
-        elif u < self.val_fraction:
+        elif u < self.val_fraction and self.val_tokens + len(ids) <= self.max_val_tokens:
             self._write("val", ids, mask)
             self.any_val = True
         elif self.any_val or self.val_fraction == 0:
@@ -279,6 +302,8 @@ class _Builder:
                 self._write("train", old[2], old[3])
 
     def _write(self, split: str, ids: np.ndarray, mask: np.ndarray | None) -> None:
+        if split == "val":
+            self.val_tokens += len(ids)
         docs, masks = self.out[split]
         docs.append(ids)
         if mask is not None:
@@ -317,6 +342,7 @@ def prepare(
     max_length: int | None = None,
     chat_template: str | None = None,
     skip_invalid: bool = False,
+    max_val_tokens: int = DEFAULT_MAX_VAL_TOKENS,
     batch_chars: int = 1 << 21,
     progress: bool = True,
     force: bool = False,
@@ -334,6 +360,7 @@ def prepare(
             are truncated and counted, or refused when strict.
         chat_template: Jinja text, a file, or ``chatml``; default: the tokenizer's own.
         skip_invalid: skip (and count) chat examples that break the role rule instead of failing.
+        max_val_tokens: ``val_fraction`` mode: held-out tokens stop here (later units train).
         batch_chars: characters per tokenizer batch (~2 MB keeps both cores busy).
         force: rebuild even when up to date.
 
@@ -366,7 +393,9 @@ def prepare(
         template = chatmod.resolve_template(tok, chatmod.load_template(chat_template), str(tinfo["path"]))
     reader = SourceReader(spec)
     content = reader.content_fingerprint()
-    settings = _settings(spec, val_docs, val_fraction, seed, max_length, template, skip_invalid)
+    if max_val_tokens < 0:
+        raise ConfigError(f"--max-val-tokens {max_val_tokens}: must be >= 0")
+    settings = _settings(spec, val_docs, val_fraction, seed, max_length, template, skip_invalid, max_val_tokens)
     fp = store_fingerprint(content["sha256"], tinfo["fingerprint"], settings)
     out = Path(out_dir).expanduser()
     existing = _existing_store(out)
@@ -378,7 +407,8 @@ def prepare(
     bar = _progress_bar(progress, reader, spec.display_name)
     with StoreWriter(out, tinfo["vocab_size"], loss_mask=spec.kind != "text") as writer:
         b = _Builder(tok, spec, writer, tinfo["eos_id"], template=template, max_length=max_length,
-                     val_docs=val_docs, val_fraction=val_fraction, seed=seed, skip_invalid=skip_invalid)
+                     val_docs=val_docs, val_fraction=val_fraction, seed=seed, skip_invalid=skip_invalid,
+                     max_val_tokens=max_val_tokens)
         batch, chars, shown = [], 0, 0
         for doc in reader.documents():
             batch.append(doc)
@@ -400,6 +430,15 @@ def prepare(
             )
         seconds = time.perf_counter() - t0
         n_tok = writer.count("train") + writer.count("val")
+        share = writer.count("val") / n_tok if n_tok else 0.0
+        note = None
+        if val_docs is None and val_fraction and not 0.5 * val_fraction <= share <= 2 * val_fraction:
+            capped = b.val_tokens >= max_val_tokens or (b.val_tokens and b.val_tokens + VAL_CHUNK > max_val_tokens)
+            note = (f"held out {share:.1%} of the tokens, asked {val_fraction:.1%}: "
+                    + ("held-out tokens reached --max-val-tokens" if capped else
+                       f"the source has few split units ({writer.docs('train') + writer.docs('val')}); "
+                       f"use --val-docs N to choose the count"))
+            warnings.warn(f"source '{spec.display_name}': {note}")
         stats = {
             "docs": {s: writer.docs(s) for s in ("train", "val")},
             "tokens": {s: writer.count(s) for s in ("train", "val")},
@@ -410,6 +449,8 @@ def prepare(
             **b.counts,
             "invalid_examples": b.invalid_examples,
             "input_bytes": reader.total_bytes,
+            "val_share": round(share, 6),
+            "val_note": note,
             "seconds": round(seconds, 3),
             "tokens_per_s": round(n_tok / seconds, 1) if seconds > 0 else None,
         }
@@ -478,7 +519,7 @@ def format_stats(name: str, stats: dict[str, Any], path: str | os.PathLike) -> s
         f"{name}: wrote {path}",
         f"  docs: {stats['docs']['train']:,} train, {stats['docs']['val']:,} val; "
         f"tokens: {stats['tokens']['train']:,} train, {stats['tokens']['val']:,} val "
-        f"({stats['loss_tokens']['train']:,} train tokens carry loss)",
+        f"({stats['loss_tokens']['train']:,} train tokens carry loss); held out {stats.get('val_share', 0):.1%} of the tokens",
         f"  {stats['seconds']:.1f} s, {stats['tokens_per_s'] or 0:,.0f} tokens/s",
     ]
     fixes = [f"{k.replace('_', ' ')}: {stats[k]:,}" for k in

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from replaytune.errors import DataError
-from replaytune.fsio import replace_dir
+from replaytune.fsio import recover_dir, replace_dir, temp_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -80,6 +79,8 @@ class TokenStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
+        if not self.path.exists():
+            recover_dir(self.path)  # a swap killed between its renames: the previous store comes back
         if not meta_path.is_file():
             raise DataError(f"{self.path}: not a token store (no meta.json); build it with `replaytune prepare`")
         try:
@@ -184,7 +185,7 @@ class StoreWriter:
     def __init__(self, path: str | Path, vocab_size: int, *, loss_mask: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        self.tmp = temp_dir(self.path)
         self.dtype = token_dtype(vocab_size)
         self.loss_mask = loss_mask
         self._files = {s: open(self.tmp / f"{s}.tokens", "wb") for s in SPLITS}

@@ -21,12 +21,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from replaytune.errors import ConfigError, DataError
-from replaytune.fsio import replace_dir
+from replaytune.fsio import replace_dir, temp_dir
 
 EOS_TOKEN = "<|endoftext|>"
 MIN_VOCAB = 257  # 256 byte symbols + EOS
@@ -165,7 +164,7 @@ def train_tokenizer(
     fast = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir(out)
     try:
         fast.save_pretrained(str(tmp))
         info = {

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
 from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources
 from replaytune.finetune.plan import ReplayPlan, plan_replay, realised_units
-from replaytune.fsio import replace_dir
+from replaytune.fsio import replace_dir, temp_dir
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.loop import Trainer
 from replaytune.train.metrics import atomic_write_json
@@ -290,7 +289,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
 
 def _save_tokenizer(tok, template: str | None, path: Path) -> None:
     """A copy of the tokenizer saved beside the model (with the chat template trained with)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = temp_dir(path)
     try:
         old_template = getattr(tok, "chat_template", None)
         if template:

@@ -121,9 +121,15 @@ def _load_weights(path: Path, device: str) -> dict[str, Any]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    sd = load_file(str(path), device=device)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+        sd = load_file(str(path), device=device)
+    except Exception as exc:  # safetensors raises its own error type for a truncated or corrupt file
+        raise CheckpointError(
+            f"{path}: unreadable ({type(exc).__name__}: {exc}); remove the folder {path.parent} to resume "
+            f"from the checkpoint before it"
+        ) from None
     for alias, original in aliases.items():
         sd[alias] = sd[original]
     return sd
@@ -251,18 +257,31 @@ def prune(run_dir: Path, keep: int) -> list[Path]:
     removed = []
     unpinned = [c for c in list_checkpoints(run_dir) if not c.state.get("pinned")]
     for c in unpinned[: max(0, len(unpinned) - keep)]:
-        shutil.rmtree(c.path, ignore_errors=True)
+        # renamed out of the step-* namespace first: a kill mid-delete leaves a temporary that
+        # clean_temporaries removes, never a step-* folder missing half its files
+        gone = c.path.with_name(f".old-{c.path.name}")
+        os.rename(c.path, gone)
+        shutil.rmtree(gone, ignore_errors=True)
         removed.append(c.path)
     return removed
 
 
 def clean_temporaries(run_dir: Path) -> None:
-    """Remove leftovers of a save that was killed midway (they were never renamed)."""
+    """Remove leftovers of a save or a prune that was killed midway, and a model save's temporaries.
+
+    ``.tmp-*`` (a save never renamed into place), ``.old-*`` (a pruned checkpoint), ``step-*``
+    without its state file (deleted in place by an older version), and ``.model.tmp-*`` /
+    ``.model.old-*`` beside the final model.
+    """
+    from replaytune.fsio import recover_dir
+
     root = Path(run_dir) / DIRNAME
     if root.is_dir():
         for child in root.iterdir():
-            if child.name.startswith((".tmp-", ".old-")):
+            half_deleted = rundir.step_of(child.name) is not None and not (child / STATE).is_file()
+            if child.name.startswith((".tmp-", ".old-")) or half_deleted:
                 shutil.rmtree(child, ignore_errors=True)
+    recover_dir(Path(run_dir) / rundir.MODEL)
 
 
 # ------------------------------------------------------------------------------------------

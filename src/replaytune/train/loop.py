@@ -45,7 +45,7 @@ from replaytune.model import build_model, is_peft, load_tokenizer, save_model
 from replaytune.train import checkpoint as ck
 from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
 from replaytune.train.evaluation import IGNORE, auto_interval, eval_set, evaluate, make_inputs, sequence_losses
-from replaytune.rundir import CONFIG, METRICS, RECORD
+from replaytune.rundir import CONFIG, METRICS, RECORD, RunLock, RunLocked
 from replaytune.train.metrics import MetricsLog, Progress, atomic_write_json, atomic_write_text, clean, prefix_lines
 from replaytune.train.optim import make_optimizer
 from replaytune.train.plan import RunPlan, base_signature, chain, open_stores, step_signatures
@@ -100,6 +100,7 @@ class Trainer:
     # -- entry ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.dist = setup(self.cfg.device)
+        self.lock = RunLock(self.run_dir)
         try:
             return self._run()
         finally:
@@ -107,22 +108,32 @@ class Trainer:
                 self.progress.close()
             if self.metrics is not None:
                 self.metrics.close()
+            self.lock.release()
             teardown(self.dist)
+
+    def _verdict(self) -> tuple[str, Any]:
+        record = self.run_dir / RECORD
+        if self.resume:
+            if record.is_file():
+                return ("done", json.loads(record.read_text()))  # finished: nothing left to do
+            if not ck.list_checkpoints(self.run_dir):
+                # "resume if possible" (what a sweep executor wants): start from step 0 or the branch point
+                start = f"from {self.init_from}" if self.init_from is not None else "from step 0"
+                warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting the run {start}")
+        elif record.exists() or (self.run_dir / METRICS).exists() or ck.list_checkpoints(self.run_dir):
+            return ("used", f"{self.run_dir} already holds a run; continue it with --resume or choose another --out")
+        return ("go", None)
 
     def _check_run_dir(self) -> dict[str, Any] | None:
         """Rank 0 decides (a finished run, a refusal, or go) and tells the others."""
         verdict: tuple[str, Any] = ("go", None)
         if self.dist.is_main:
-            record = self.run_dir / RECORD
-            if self.resume:
-                if record.is_file():
-                    verdict = ("done", json.loads(record.read_text()))  # finished: nothing left to do
-                elif not ck.list_checkpoints(self.run_dir):
-                    # "resume if possible" (what a sweep executor wants): start from step 0
-                    start = f"from {self.init_from}" if self.init_from is not None else "from step 0"
-                    warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting the run {start}")
-            elif record.exists() or (self.run_dir / METRICS).exists() or ck.list_checkpoints(self.run_dir):
-                verdict = ("used", f"{self.run_dir} already holds a run; continue it with --resume or choose another --out")
+            try:
+                self.lock.acquire()  # one writer per run directory; a second one is refused here
+            except RunLocked as exc:
+                verdict = ("used", str(exc))
+            else:
+                verdict = self._verdict()
         kind, value = self.dist.broadcast(verdict)
         if kind == "used":
             raise ReplaytuneError(value)

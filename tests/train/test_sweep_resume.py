@@ -1,0 +1,86 @@
+"""Interrupted sweeps and studies always resume and end bit-identical, with nothing stranded."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+
+from .helpers import python, strip_timing, subprocess_env
+from .test_sweep_study import _study
+from replaytune import rundir, study, sweep
+from replaytune.train import read_metrics
+
+FT = {"epochs": 4, "replay": [0.0, 0.5], "lrs": [1e-3]}
+
+
+def _leftovers(root):
+    """Temporaries and half-deleted checkpoints anywhere under ``root``."""
+    bad = [p for p in root.rglob("*") if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name
+                                                                      or p.name.startswith((".tmp-", ".old-")))]
+    bad += [p for p in root.rglob("step-*") if p.is_dir() and not (p / rundir.STATE).is_file()]
+    bad += list(root.rglob(rundir.LOCK))
+    return bad
+
+
+def _finals(tasks):
+    return [(t.cfg.name, rundir.read_record(t.run_dir)["final"], strip_timing(read_metrics(t.run_dir)))
+            for t in tasks]
+
+
+def test_run_folder_without_checkpoint_and_stranded_temporaries_resume_identically(stores, tmp_path):
+    configs = [c for _, c in study.build_runs(_study(stores, midtrain=None, reference=None, seeds=[0], finetune=FT))]
+    ref = sweep.build_tasks(configs, tmp_path / "ref")
+    sweep.execute(ref, sweep.LocalLauncher(progress=False))
+    tasks = sweep.build_tasks(configs, tmp_path / "killed")
+    child = tasks[1]
+    assert child.branch_from == 0
+    # as if killed after its first metrics lines, before its first checkpoint
+    child.run_dir.mkdir(parents=True)
+    (child.run_dir / rundir.CONFIG).write_text("name: half\n")
+    (child.run_dir / rundir.METRICS).write_text('{"kind": "train", "step": 1}\n{"kind": "tr')
+    (child.run_dir / rundir.CHECKPOINTS / ".tmp-step-00000003").mkdir(parents=True)
+    (child.run_dir / ".model.tmp-999999-abc").mkdir()  # a final save killed midway
+    (child.run_dir / rundir.LOCK).write_text("pid 999999 on host gone\n")  # its stale lock
+    sweep.execute(tasks, sweep.LocalLauncher(progress=False))
+    assert _finals(tasks) == _finals(ref)
+    assert _leftovers(tmp_path / "killed") == []
+
+
+KILLABLE_STUDY = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from replaytune import study
+from replaytune.train import loop
+cfg = study.StudyConfig.model_validate_json(open(sys.argv[1]).read())
+slow = loop.Trainer._update
+def _update(self, s):
+    time.sleep(0.03)  # slow enough to be killed anywhere
+    return slow(self, s)
+loop.Trainer._update = _update
+study.run_study(cfg, sys.argv[2], share_prefixes=True)
+"""
+
+
+def test_study_killed_at_random_points_ends_identical_with_nothing_stranded(stores, tmp_path):
+    cfg = _study(stores, midtrain={"epochs": 4, "replay": [0.0, 0.5], "alpha": [1.0], "lr": 3e-3},
+                 reference=None, seeds=[0], finetune=FT)
+    whole = study.run_study(cfg, tmp_path / "whole")
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    (tmp_path / "run.py").write_text(KILLABLE_STUDY)
+    rng = random.Random(0)
+    out = tmp_path / "killed"
+    for _ in range(3):  # kill, rerun, kill again ... at random moments
+        proc = subprocess.Popen([python(), str(tmp_path / "run.py"), str(tmp_path / "cfg.json"), str(out)],
+                                env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.5, 4.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    again = study.run_study(cfg, out)
+    strip = lambda res: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in res["runs"]]  # noqa: E731
+    assert strip(again) == strip(whole)
+    assert json.dumps(again["multipliers"]) == json.dumps(whole["multipliers"])
+    assert _leftovers(out) == []
