@@ -25,11 +25,12 @@ def _run(args) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the paper's controlled replay study at CPU scale (the main job, ~20 min on 2 cores)",
+        help="run the paper's controlled replay study at CPU scale (the main job, ~12 min on 2 cores)",
         description="Reproduce Kotha & Liang's controlled experiment at CPU scale on real text found on this "
         "machine: man pages as generic data, Python standard-library source and Basque translation strings as "
         "targets. Pre-trains a small Llama, fine-tunes with and without replay (total steps fixed), mid-trains "
-        "over rho x alpha, fits the data-efficiency curve and writes results.json, report.md and plots. "
+        "over rho, fits each setting's data-efficiency curve (its baseline repeated at more target data) and "
+        "prints the target-data multipliers with 90% intervals; writes results.json, report.md and plots. "
         "Interrupted? Run the same command again: finished runs are skipped.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
