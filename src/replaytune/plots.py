@@ -195,8 +195,11 @@ def _fit_panel(ax, res: Results, name: str, fit) -> None:
         ax.axhline(y, color=color, ls="--", lw=1, label=label)
     ax.set_xscale("log")
     # y range from the measured losses: a steep or degenerate fit must not flatten the points
-    ys = list(fit.losses) + [p[1] for p in placed] + [u[0] for u in unplaced] + [fit.C]
+    ys = list(fit.losses) + [p[1] for p in placed] + [u[0] for u in unplaced]
     span = max(ys) - min(ys) or 0.1
+    if fit.C > min(ys) - span:  # the asymptote in view only when it is near the data (a flat fit has C << 0)
+        ys.append(fit.C)
+        span = max(ys) - min(ys)
     ax.set_ylim(min(ys) - 0.15 * span, max(ys) + 0.25 * span)
     unit = res.meta.get("x_unit") or "batches"
     ax.set_xlabel(f"unique target data x ({unit}), log scale")
