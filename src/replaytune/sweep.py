@@ -301,7 +301,9 @@ def execute(
     """Run every task, skipping finished ones, branching where planned.
 
     With ``workers > 1`` (and no custom launcher) runs go to that many processes, one torch
-    thread each; a run starts once the run it branches from has finished. On 2 cores two
+    thread each; a run starts as soon as the checkpoint it branches from exists (the parent
+    may still be running: the demo's first run would otherwise hold the second core idle
+    for its whole length). On 2 cores two
     single-threaded processes train tiny models faster than one process with two threads
     (BENCHMARKS.md). Floating-point results depend on the thread count, so a sweep is
     bit-reproducible for a fixed ``workers`` setting.
@@ -382,8 +384,9 @@ def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], 
             for i in list(waiting):
                 task = tasks[i]
                 parent = task.branch_from
-                if parent is not None and parent not in records:
-                    continue  # its branch point is not computed yet
+                if parent is not None and parent not in records and not branch_checkpoint(
+                        tasks[parent], task.branch_step).exists():
+                    continue  # its branch point is not computed yet (a checkpoint appears whole, by rename)
                 if len(running) >= workers:
                     break
                 waiting.remove(i)
