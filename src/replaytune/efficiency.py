@@ -324,8 +324,8 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
     Each entry: ``setting, rho, alpha, lr, names, seeds, target_losses, target_loss`` (mean),
     ``generic_loss`` (mean of the available ones, or None), ``target_std`` and
-    ``generic_std`` (ddof=1; None with one seed), ``name`` and ``run`` (the record of the
-    lowest seed, for curves).
+    ``generic_std`` (ddof=1; None with one seed), ``reference`` (True for reference points of
+    the ``baseline`` family), ``name`` and ``run`` (the record of the lowest seed, for curves).
     """
     groups: dict[tuple, dict[str, Any]] = {}
     for r in runs:
@@ -350,6 +350,7 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         gl = np.asarray(g["generic_losses"])
         g["generic_loss"] = float(gl.mean()) if gl.size else None
         g["generic_std"] = float(gl.std(ddof=1)) if gl.size > 1 else None
+        g["reference"] = any(r.get("reference") for r in g["runs"])  # a baseline-family reference point
         g["run"] = min(g.pop("runs"), key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
         g["name"] = g["run"].get("name")
         out.append(g)

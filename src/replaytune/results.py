@@ -118,7 +118,8 @@ class Results:
 
     def best_lr(self, setting: str) -> dict[tuple[float, float], dict[str, Any]]:
         """(rho, alpha) -> the group with the best LR (lowest mean target loss)."""
-        return eff.best_per([g for g in self.groups if g["setting"] == setting], lambda g: (g["rho"], g["alpha"]))
+        mine = [g for g in self.groups if g["setting"] == setting and not g["reference"]]  # methods, not references
+        return eff.best_per(mine, lambda g: (g["rho"], g["alpha"]))
 
     # -- run records ---------------------------------------------------------------------------
     def metrics(self, group: dict[str, Any]) -> list[dict[str, Any]]:

@@ -380,3 +380,17 @@ def test_uniform_family_uses_the_uniform_reference_runs():
     assert out["finetune_replay"]["multiplier"] == pytest.approx(2.0, rel=0.05)
     with pytest.raises(eff.FitError, match="reference family"):
         eff.compare(rows, "nope")
+
+
+def test_reference_points_never_stand_in_for_a_method_or_its_baseline(tmp_path):
+    from replaytune.results import Results
+
+    rows = baseline_family_runs()
+    groups = eff.group_runs(rows)
+    assert {g["x"] for g in groups if g["reference"]} == {0.5, 2.0, 4.0}
+    (tmp_path / "results.json").write_text(json.dumps({"runs": rows, "efficiency": {"reference": "baseline"}}))
+    res = Results(tmp_path, resamples=50, seed=0)
+    assert res.family == "baseline" and set(res.curves) == {"finetune", "midtrain"}
+    # the x = 4 reference point has the lowest loss of rho = 0, yet the baseline cell is the x = 1 run
+    assert res.best_lr("finetune")[(0.0, 1.0)]["x"] == 1.0
+    assert res.best_lr("midtrain")[(0.0, 1.0)]["x"] == 1.0
