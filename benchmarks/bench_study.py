@@ -20,6 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from replaytune import rundir
+
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-out")
@@ -30,7 +32,7 @@ def main() -> None:
     for run in sweep["runs"]:
         if run["branch_from"] is not None:
             continue
-        rec = json.loads((Path(run["run_dir"]) / "record.json").read_text())
+        rec = rundir.read_record(root / "runs" / Path(run["run_dir"]).name)  # sweep.json paths are relative to its cwd
         fracs.append((rec["wall_time_s"] - rec["train_time_s"]) / rec["wall_time_s"])
         print(f"  {run['name']:28s} wall {rec['wall_time_s']:7.1f} s  train {rec['train_time_s']:7.1f} s  "
               f"overhead {fracs[-1]:.1%}")
