@@ -226,3 +226,16 @@ def test_a_truncated_checkpoint_is_named_with_what_to_do(reference, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="unreadable.*remove the folder"):
         train(reference.cfg.model_copy(update={"out_dir": str(out)}), resume=True)
+
+
+def test_divergence_before_any_checkpoint_does_not_offer_resume(reference, tmp_path):
+    def poison(trainer):
+        if trainer.step == 2:
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.fill_(float("nan"))
+
+    with pytest.raises(TrainingError) as e:
+        train(reference.cfg.model_copy(update={"out_dir": str(tmp_path / "run")}), callbacks=[poison])
+    assert "rerun from the start" in str(e.value) and "--resume" not in str(e.value)
+    assert "lower phases.0.lr.peak" in str(e.value)

@@ -267,3 +267,14 @@ def test_phase_eval_at_adds_evaluations_around_the_switch(stores, tmp_path):
     train(cfg)
     steps = [m["step"] for m in read_metrics(tmp_path / "run" / "metrics.jsonl") if m["kind"] == "eval"]
     assert steps == [9, 11, 12, 13, 15, 20]  # pre-training ends at 12, fine-tuning at 20
+
+
+def test_a_source_without_one_held_out_sequence_is_named(stores, tmp_path):
+    from replaytune.train import train
+
+    # the target's held-out split has 242 tokens (6 short documents): not one sequence of 320 + 1
+    cfg = tiny_config(stores, tmp_path / "run", data={"seq_len": 320},
+                      phases=[{"name": "pre", "steps": 2, "constant": "generic", "lr": {"peak": 1e-3}}])
+    with pytest.warns(UserWarning, match="source 'target'.*242 tokens.*no held-out loss is recorded"):
+        record = train(cfg)
+    assert record["final"]["eval"].get("target") is None

@@ -116,6 +116,9 @@ class FinetuneTrainer(Trainer):
         super().__init__(cfg, **kwargs)
         self.activation_checkpointing = activation_checkpointing
 
+    def lr_setting(self, phase_index: int) -> str:
+        return "--lr (lr: in a config file)"
+
     def build_model(self):
         model = super().build_model()
         model.train()

@@ -241,6 +241,11 @@ class Trainer:
         """Updates from the current step to the end, with logging, evaluation and checkpoints."""
         cfg, plan = self.cfg, self.plan
         self.eval_ids = eval_set(self.stores, cfg.data.seq_len, cfg.eval.sequences)
+        for name, ids in self.eval_ids.items():
+            if cfg.eval.sequences and len(ids) == 0 and self.dist.is_main:
+                warnings.warn(f"source '{name}': its held-out split has {self.stores[name].val.num_tokens} tokens, fewer "
+                              f"than one sequence of {cfg.data.seq_len} + 1, so no held-out loss is recorded for it; "
+                              f"hold out more (--val-fraction / --val-docs) or lower seq_len")
         n_eval = sum(len(v) for v in self.eval_ids.values())
         interval = cfg.eval.interval if cfg.eval.interval is not None else auto_interval(plan.total_steps, cfg.data.batch_size, n_eval)
         self.eval_interval = interval
@@ -345,12 +350,18 @@ class Trainer:
     def _diverged(self, s: int, loss: float, norm: float, lr: float):
         phase, ps = self.plan.phase_at(s)
         what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
-        last = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was saved yet"
+        if self.last_checkpoint:
+            last = f"the last good checkpoint is {self.last_checkpoint} (--resume continues from it)"
+        else:
+            last = "no checkpoint was saved yet, so rerun from the start"
         raise TrainingError(
             f"training diverged at update {s + 1} (phase '{phase.name}', phase step {ps + 1}, lr {lr:.3g}): {what}; "
-            f"the update was not applied and {last}; lower phases.{phase.index}.lr.peak or check the data, then rerun "
-            f"(--resume continues from that checkpoint)"
+            f"the update was not applied; lower {self.lr_setting(phase.index)} or check the data; {last}"
         )
+
+    def lr_setting(self, phase_index: int) -> str:
+        """How the user sets a phase's peak LR (the finetune command names its own flag)."""
+        return f"phases.{phase_index}.lr.peak"
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _empty_acc(self) -> dict[str, Any]:
