@@ -63,6 +63,9 @@ def test_cli_text_replay_full_finetune(assets, tmp_path, capsys):
     md = (out / "forgetting.md").read_text()
     assert "| held-out set |" in md and "# Forgetting report" in printed and f"{report['loss']['target']['finetuned']:.4f}" in md
     assert not (out / "run" / "checkpoints").exists()  # removed after success; the model is in model/
+    card = (out / "model" / "README.md").read_text()  # a model card beside the weights
+    assert f"base_model: {assets.model}" in card and "replay fraction 0.5 of the batch's tokens" in card
+    assert f"{report['loss']['target']['finetuned']:.4f}" in card and "AutoModelForCausalLM" in card
 
 
 def test_baseline_rho_zero_still_measures_forgetting(finetune_cfg):
@@ -226,3 +229,25 @@ def test_kind_detection(assets, tmp_path):
     (tmp_path / "odd.jsonl").write_text('{"question": "x", "answer": "y"}\n')
     with pytest.raises(DataError, match=r"odd\.jsonl: cannot tell the kind .* \(answer, question\)"):
         detect_kind(SourceArg(path=str(tmp_path / "odd.jsonl")))
+
+
+def test_transformers_flag_names_mean_the_same_settings(monkeypatch):
+    from replaytune.cli import build_parser
+    from replaytune.commands.finetune import flag_values
+    from replaytune.errors import ConfigError
+
+    ours = build_parser().parse_args([
+        "finetune", "--model", "m", "--lr", "2e-5", "--epochs", "2", "--output", "o", "--warmup", "0.03",
+        "--lr-schedule", "wsd", "--activation-checkpointing", "--max-length", "512", "--micro-batch-size", "4",
+        "--batch-size", "32"])
+    theirs = build_parser().parse_args([
+        "finetune", "--model_name_or_path", "m", "--learning_rate", "2e-5", "--num_train_epochs", "2",
+        "--output_dir", "o", "--warmup_ratio", "0.03", "--lr_scheduler_type", "warmup_stable_decay",
+        "--gradient_checkpointing", "--max_length", "512", "--per_device_train_batch_size", "4",
+        "--gradient_accumulation_steps", "4"])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # 4 per device x 4 accumulation x 2 processes = 32
+    assert flag_values(theirs) == flag_values(ours)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(ConfigError, match="disagrees"):
+        flag_values(build_parser().parse_args(["finetune", "--per_device_train_batch_size", "4",
+                                               "--gradient_accumulation_steps", "2", "--batch-size", "16"]))

@@ -18,7 +18,11 @@ that). Target epochs are fixed: steps = target sequences x epochs / (batch x tar
 
 Writes OUT/model (Hugging Face, merged) or OUT/adapter (LoRA), OUT/forgetting.md|json (held-out
 target and generic loss, base vs fine-tuned), OUT/run (metrics), and OUT/finetune.json last.
-Every flag can also be a key of --config FILE.yaml (flags win). Several GPUs:
+Every flag can also be a key of --config FILE.yaml (flags win). The Transformers/TRL names work
+too where they mean the same: --model_name_or_path, --learning_rate, --num_train_epochs,
+--output_dir, --warmup_ratio, --lr_scheduler_type, --gradient_checkpointing, --max_length,
+--per_device_train_batch_size with --gradient_accumulation_steps (global batch = their product
+x processes). Several GPUs:
 torchrun --nproc_per_node 8 -m replaytune.cli finetune ... --parallel fsdp (docs/finetune.md)."""
 
 
@@ -27,7 +31,7 @@ def register(subparsers) -> None:
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     a("--config", metavar="FILE.yaml", help="settings file (keys: the long flag names with underscores); flags override it")
-    a("--model", help="pretrained model: local folder, hub id, or a .gguf file")
+    a("--model", "--model_name_or_path", dest="model", help="pretrained model: local folder, hub id, or a .gguf file")
     a("--gguf-file", help="GGUF file inside the --model folder")
     a("--tokenizer", help="tokenizer folder (default: the model's own)")
     a("--target", metavar="SOURCE", help="target data: .txt/.jsonl/.parquet file, folder, glob, dataset, or token store")
@@ -38,13 +42,17 @@ def register(subparsers) -> None:
     a("--replay-val", type=float, metavar="F|N", help="held-out replay documents: fraction or count (default 0.01)")
     a("--replay-fraction", type=float, metavar="RHO", help="replay share of every batch, in [0, 1) (default 0.5 with --replay)")
     a("--replay-unit", choices=["tokens", "sequences", "examples"], help="what the fraction counts (default tokens: loss-bearing tokens)")
-    a("--epochs", type=float, help="passes over the target (default 1 for text, 3 for chat/instruction)")
+    a("--epochs", "--num_train_epochs", dest="epochs", type=float, help="passes over the target (default 1 for text, 3 for chat/instruction)")
     a("--seq-len", type=int, help="tokens per packed sequence (default 2048)")
     a("--batch-size", type=int, help="global batch in sequences (default 32)")
-    a("--micro-batch-size", type=int, help="sequences per forward pass; the rest is gradient accumulation (default 4)")
-    a("--lr", type=float, help="peak LR (default 1e-5 full fine-tuning, 1e-4 LoRA)")
-    a("--lr-schedule", choices=["cosine", "wsd", "constant", "linear"], help="after warmup (default cosine)")
-    a("--warmup", type=float, help="warmup fraction of the steps (default 0.01)")
+    a("--micro-batch-size", "--per_device_train_batch_size", dest="micro_batch_size", type=int,
+      help="sequences per forward pass; the rest is gradient accumulation (default 4)")
+    a("--gradient_accumulation_steps", type=int, metavar="N",
+      help="with --per_device_train_batch_size: global batch = per-device x N x processes")
+    a("--lr", "--learning_rate", dest="lr", type=float, help="peak LR (default 1e-5 full fine-tuning, 1e-4 LoRA)")
+    a("--lr-schedule", "--lr_scheduler_type", dest="lr_schedule", type=_schedule, metavar="{cosine,wsd,constant,linear}",
+      help="after warmup (default cosine); Transformers' constant_with_warmup and warmup_stable_decay are accepted")
+    a("--warmup", "--warmup_ratio", dest="warmup", type=float, help="warmup fraction of the steps (default 0.01)")
     a("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
     a("--lora", action="store_true", default=None, help="train LoRA adapters (peft) instead of all weights")
     a("--lora-r", type=int, help="adapter rank (default 16)")
@@ -53,17 +61,17 @@ def register(subparsers) -> None:
     a("--lora-targets", help="comma-separated module names, or all-linear (default)")
     a("--save", choices=["merged", "adapter"], help="LoRA output: merged model plus adapter (default), or the adapter only")
     a("--chat-template", metavar="FILE", help="Jinja chat template, or 'chatml', for a tokenizer without one")
-    a("--max-length", type=int, help="chat/instruction: tokens per example; longer ones are truncated and counted (default seq-len)")
+    a("--max-length", "--max_length", dest="max_length", type=int, help="chat/instruction: tokens per example; longer ones are truncated and counted (default seq-len)")
     a("--strict", action="store_true", default=None, help="refuse over-long examples (and undecodable bytes) instead of fixing them")
     a("--skip-invalid", action="store_true", default=None, help="skip and count chat examples that break the role rule")
     a("--eval-sequences", type=int, help="held-out sequences per source (default 64)")
     a("--eval-interval", type=int, help="evaluate every N steps (default: ~5%% of training time)")
     a("--eval-tasks", help="comma-separated lm-evaluation-harness tasks, e.g. xcopa_eu (needs replaytune[eval])")
     a("--eval-limit", type=int, help="examples per lm-eval task")
-    a("--activation-checkpointing", action="store_true", default=None, help="recompute activations in backward (big models)")
+    a("--activation-checkpointing", "--gradient_checkpointing", dest="activation_checkpointing", action="store_true", default=None, help="recompute activations in backward (big models)")
     a("--checkpoint-every", type=int, help="checkpoint every N steps so --resume loses little (default: at the end)")
     a("--keep-checkpoints", action="store_true", default=None, help="keep OUT/run/checkpoints after success")
-    a("--output", "--out", dest="output", metavar="DIR", help="output directory (default runs/finetune)")
+    a("--output", "--out", "--output_dir", dest="output", metavar="DIR", help="output directory (default runs/finetune)")
     a("--name", help="run name")
     a("--seed", type=int, help="data and init seed (default 0)")
     a("--device", choices=["auto", "cpu", "cuda"])
@@ -78,6 +86,35 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+_SCHEDULES = {"cosine": "cosine", "wsd": "wsd", "constant": "constant", "linear": "linear",
+              "constant_with_warmup": "constant", "warmup_stable_decay": "wsd"}  # Transformers' names -> ours
+
+
+def _schedule(text: str) -> str:
+    if text not in _SCHEDULES:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(_SCHEDULES)})")
+    return _SCHEDULES[text]
+
+
+def _batch_size(args: argparse.Namespace) -> int | None:
+    """--batch-size, or Transformers' per-device batch x accumulation x processes."""
+    if args.gradient_accumulation_steps is None:
+        return args.batch_size
+    from replaytune.errors import ConfigError
+
+    if args.micro_batch_size is None:
+        raise ConfigError("--gradient_accumulation_steps needs --per_device_train_batch_size (the micro-batch)")
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    total = args.micro_batch_size * args.gradient_accumulation_steps * world
+    if args.batch_size is not None and args.batch_size != total:
+        raise ConfigError(f"--batch-size {args.batch_size} disagrees with --per_device_train_batch_size "
+                          f"{args.micro_batch_size} x --gradient_accumulation_steps {args.gradient_accumulation_steps} "
+                          f"x {world} processes = {total}; give one or the other")
+    return total
+
+
 def flag_values(args: argparse.Namespace) -> dict:
     """The flags given, as FinetuneConfig keys (None: not given, the file or default decides)."""
     lora = {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
@@ -87,7 +124,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "target": {"path": args.target, "kind": args.target_kind, "val": args.target_val},
         "replay": {"path": args.replay, "kind": args.replay_kind, "val": args.replay_val},
         "replay_fraction": args.replay_fraction, "replay_unit": args.replay_unit, "epochs": args.epochs,
-        "seq_len": args.seq_len, "batch_size": args.batch_size, "micro_batch_size": args.micro_batch_size,
+        "seq_len": args.seq_len, "batch_size": _batch_size(args), "micro_batch_size": args.micro_batch_size,
         "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
         "lora": lora if any(v is not None for v in lora.values()) else (True if args.lora else None),
         "save": args.save, "chat_template": args.chat_template, "max_length": args.max_length, "strict": args.strict,
