@@ -139,3 +139,14 @@ def test_cli_impossible_schedule_is_one_line_exit_2(capsys):
     assert main(["schedule", "finetune", "--target-steps", "4", "--epochs", "64", "--replay", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rho" in err and "Traceback" not in err
+
+
+def test_two_stage_warns_when_rounding_makes_the_target_share_far_from_gamma():
+    with pytest.warns(UserWarning, match=r"Stage 2 rounds to 1 of 10 steps.*10.000% target data.*100x"):
+        plan = sched.two_stage(10, 0.001, 0.0, 1.0)
+    assert plan.realised_gamma == pytest.approx(0.1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the paper's setting is exact: no warning
+        assert sched.two_stage(1024, 1 / 32, 0.5, 1.0).realised_gamma == pytest.approx(1 / 32)

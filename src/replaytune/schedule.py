@@ -22,6 +22,7 @@ The constructors implement the two settings of Kotha & Liang (2026), see METHOD.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -29,6 +30,7 @@ from replaytune.errors import ReplaytuneError
 
 TARGET = "target"
 GENERIC = "generic"
+GAMMA_TOLERANCE = 1.1  # a two-stage run whose realised target share is off by more than 10% warns
 
 
 class ScheduleError(ReplaytuneError, ValueError):
@@ -226,8 +228,14 @@ class TwoStagePlan:
             "switch_step": self.switch_step,
             "stage1_target_weight": self.w1,
             "stage2_target_weight": self.w2,
+            "realised_gamma": self.realised_gamma,
             **self.schedule.to_dict(),
         }
+
+    @property
+    def realised_gamma(self) -> float:
+        """The run's actual target share once the switch is a whole step."""
+        return (self.w1 * self.switch_step + self.w2 * (self.steps - self.switch_step)) / self.steps
 
 
 def two_stage(
@@ -277,7 +285,14 @@ def two_stage(
         stages = [Stage(0, {target: w1, generic: 1.0 - w1})]
         if switch < steps:
             stages.append(Stage(switch, {target: w2, generic: rho}))
-    return TwoStagePlan(Schedule(stages), int(steps), g, rho, a, delta, switch, w1, w2)
+    plan = TwoStagePlan(Schedule(stages), int(steps), g, rho, a, delta, switch, w1, w2)
+    off = plan.realised_gamma / g
+    if not 1 / GAMMA_TOLERANCE <= off <= GAMMA_TOLERANCE:
+        warnings.warn(
+            f"two-stage schedule: Stage 2 rounds to {steps - switch} of {steps} steps, so the run holds "
+            f"{plan.realised_gamma:.3%} target data, not gamma = {g:.3%} ({off:.3g}x); use more steps or a larger gamma"
+        )
+    return plan
 
 
 def uniform(gamma: float, *, target: str = TARGET, generic: str = GENERIC) -> Schedule:

@@ -422,10 +422,12 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
 
     labelled_all: list[tuple[int, dict[str, Any], RunConfig]] = []
     for i, (study, out_dir) in enumerate(studies):
+        labelled_all += [(i, labels, cfg) for labels, cfg in build_runs(study)]
+    # planning opens every store: a bad one is refused here, before anything is written
+    tasks = sweep.build_tasks([cfg for _, _, cfg in labelled_all], runs_dir, share_prefixes=share_prefixes)
+    for study, out_dir in studies:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
-        labelled_all += [(i, labels, cfg) for labels, cfg in build_runs(study)]
-    tasks = sweep.build_tasks([cfg for _, _, cfg in labelled_all], runs_dir, share_prefixes=share_prefixes)
     result = sweep.execute(tasks, launcher, workers=workers)
     sweep.write_summary(Path(runs_dir), tasks, result)
     compute = {"steps_alone": result.total_steps, "steps_computed": result.computed_steps,

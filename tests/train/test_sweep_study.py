@@ -149,3 +149,12 @@ def test_switch_evals_land_around_each_switch_in_the_first_seed_only(stores):
     assert runs["ft_rho0.5_lr0.001_s1"].phases[1].eval_at == []
     mt = runs["mt_rho0.5_alpha1_s0"]  # gamma 4/40, rho 0.5: Stage 2 = the last 8 steps, switch at 32
     assert mt.phases[0].eval_at == [24, 30, 34, 38]
+
+
+def test_a_study_with_a_bad_store_writes_nothing(stores, tmp_path):
+    from replaytune.errors import ReplaytuneError
+
+    cfg = _study(stores, midtrain=None, reference=None, seeds=[0], target_store=str(tmp_path / "nope"))
+    with pytest.raises(ReplaytuneError, match="nope"):
+        study.run_study(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
