@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import conversation, write_jsonl
+from .conftest import base_values, conversation, write_jsonl
 from replaytune.cli import main
 from replaytune.data.chat import CHATML_TEMPLATE
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
@@ -120,3 +120,20 @@ def test_cli_errors_are_one_line(assets, tmp_path, capsys):
     assert code == 2 and "field 'model': Field required" in capsys.readouterr().err
     code = main(["finetune", "--model", str(assets.model), "--target", str(assets.target), "--replay-fraction", "0.5"])
     assert code == 2 and "needs a replay source" in capsys.readouterr().err
+
+
+def test_a_tokenizer_larger_than_the_embedding_fails_before_anything_is_written(assets, tmp_path):
+    import shutil
+
+    from replaytune.finetune import load_config
+
+    small = tmp_path / "small_model"
+    shutil.copytree(assets.model, small)
+    config = json.loads((small / "config.json").read_text())
+    config["vocab_size"] = 10  # fewer rows than the tokenizer has ids
+    (small / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "o"
+    cfg = load_config(None, base_values(assets, out, model=str(small), tokenizer=str(assets.tokenizer)))
+    with pytest.raises(DataError, match="vocabulary mismatch.*10 embedding rows"):
+        run_finetune(cfg)
+    assert not out.exists()

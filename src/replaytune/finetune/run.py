@@ -61,6 +61,26 @@ def check_model(cfg: FinetuneConfig) -> None:
         )
 
 
+def check_vocab_early(cfg: FinetuneConfig, tok) -> None:
+    """A tokenizer with more ids than the model's embedding fails here, before any data is tokenized.
+
+    Read from the model folder's config.json (no weights loaded); GGUF and hub models are
+    checked when the model is built (``model.check_vocab``).
+    """
+    path = Path(cfg.model).expanduser() / "config.json"
+    if cfg.gguf_file or not path.is_file():
+        return
+    try:
+        rows = int(json.loads(path.read_text()).get("vocab_size") or 0)
+    except (ValueError, OSError):
+        return  # the loader gives the precise error
+    if rows and len(tok) > rows:
+        raise DataError(
+            f"vocabulary mismatch: the tokenizer {getattr(tok, 'name_or_path', cfg.tokenizer)} has {len(tok)} ids but the "
+            f"model {cfg.model} has {rows} embedding rows; use the model's own tokenizer (drop --tokenizer)"
+        )
+
+
 def load_tokenizer(cfg: FinetuneConfig):
     """The model's tokenizer (or ``cfg.tokenizer``); GGUF models carry theirs in the file."""
     from replaytune.data.tokenizer import load_tokenizer as load
@@ -222,6 +242,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     # Cheap checks first: nothing is written until they pass.
     check_model(cfg)
     tok = load_tokenizer(cfg)
+    check_vocab_early(cfg, tok)
     sources = resolve_sources(cfg)
     template = None
     if any(s.kind == "chat" for s in sources.values()):
