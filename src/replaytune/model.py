@@ -103,8 +103,15 @@ def preset_config(
 
 
 def _looks_like_path(text: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else that is not on disk is a missing path."""
-    return text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    """Hub ids are ``name`` or ``org/name``; anything else that is not on disk is a missing path.
+
+    ``org/name`` whose ``org`` is a folder here is a local path too (``models/mine`` with a
+    ``models/`` folder): without HF_HUB_OFFLINE the hub lookup would retry for 30-60 s first.
+    """
+    if text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        return True
+    head = text.split("/", 1)[0]
+    return "/" in text and Path(head).expanduser().is_dir()
 
 
 def load_pretrained(spec: ModelConfig):

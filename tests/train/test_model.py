@@ -117,3 +117,13 @@ def test_a_pretrained_model_trains_in_training_mode(tmp_path):
     trainer = Probe(cfg, out_dir=tmp_path / "run", callbacks=[lambda t: seen.setdefault("training", t.model.training)])
     trainer.run()
     assert seen["training"] is True
+
+
+def test_a_missing_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    from replaytune.model import _looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert _looks_like_path("models/mine")  # its folder is here: a local path, missing
+    assert _looks_like_path("./x") and _looks_like_path("a/b/c")
+    assert not _looks_like_path("HuggingFaceTB/SmolLM2-135M") and not _looks_like_path("gpt2")
