@@ -244,6 +244,7 @@ def build_tasks(
     sigs = [list(signatures(t.cfg)) for t in tasks]
     for t, s in zip(tasks, sigs):
         t.steps = len(s) - 1
+    _one_eval_cadence(tasks)
     if share_prefixes:
         for t, (src, k) in zip(tasks, plan(sigs, min_shared)):
             if src is not None:
@@ -253,6 +254,26 @@ def build_tasks(
         for t in tasks:
             t.save_at.sort()
     return tasks
+
+
+def _one_eval_cadence(tasks: Sequence[Task]) -> None:
+    """Give runs with an automatic evaluation interval one explicit interval, the longest run's.
+
+    The automatic interval depends on a run's length; a run branched from a longer one would
+    inherit the parent's evaluations in the shared steps and differ from itself run alone.
+    With one explicit interval (written into each run's config.yaml) the branched run and the
+    same config run alone log the same lines.
+    """
+    from replaytune.train.evaluation import auto_interval
+
+    auto = [t for t in tasks if t.cfg.eval.interval is None]
+    if not auto:
+        return
+    longest = max(auto, key=lambda t: t.steps)
+    n_eval = longest.cfg.eval.sequences * len(longest.cfg.data.sources)
+    interval = auto_interval(longest.steps, longest.cfg.data.batch_size, n_eval)
+    for t in auto:
+        t.cfg = t.cfg.model_copy(update={"eval": t.cfg.eval.model_copy(update={"interval": interval})})
 
 
 @dataclass

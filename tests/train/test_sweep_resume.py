@@ -84,3 +84,20 @@ def test_study_killed_at_random_points_ends_identical_with_nothing_stranded(stor
     assert strip(again) == strip(whole)
     assert json.dumps(again["multipliers"]) == json.dumps(whole["multipliers"])
     assert _leftovers(out) == []
+
+
+def test_automatic_eval_cadence_is_one_for_the_sweep_so_branched_equals_alone(stores, tmp_path):
+    from .helpers import tiny_config
+    from replaytune import config
+    from replaytune.train import train
+
+    # alone, a (20 steps) would evaluate every 5 steps and b (28) every 6: in the shared 12 they differ
+    a = tiny_config(stores, tmp_path / "a", eval={"interval": None, "sequences": 3, "batch_size": 8},
+                    checkpoint={"interval": 0, "keep": 1})
+    b = config.validate(config.apply_overrides(a.model_dump(mode="json"), ["phases.1.finetune.replay=0.75", "name=b"]))
+    tasks = sweep.build_tasks([a, b], tmp_path / "sweep", min_shared=1)
+    assert tasks[1].branch_from == 0 and tasks[0].cfg.eval.interval == tasks[1].cfg.eval.interval is not None
+    sweep.execute(tasks, sweep.LocalLauncher(progress=False))
+    alone = train(tasks[1].cfg.model_copy(update={"out_dir": str(tmp_path / "alone")}))
+    assert strip_timing(read_metrics(tasks[1].run_dir)) == strip_timing(read_metrics(tmp_path / "alone"))
+    assert rundir.read_record(tasks[1].run_dir)["final"] == alone["final"]
