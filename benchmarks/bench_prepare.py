@@ -154,6 +154,9 @@ def main() -> None:
         r["source_mb"] = round(src.stat().st_size / 1e6, 1)
         mem[label] = r
     print(json.dumps(mem, indent=1))
+    speed = f"prepare {results['ratio_vs_encode_batch']}x raw encode_batch time; " if args.repeats else ""
+    print(f"{speed}peak RSS {mem['jsonl']['peak_rss_mb']:.0f} MB (jsonl) / {mem['single_txt']['peak_rss_mb']:.0f} MB "
+          f"(one {mem['single_txt']['source_mb']} MB document)")
 
 
 if __name__ == "__main__":

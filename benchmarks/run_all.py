@@ -41,7 +41,8 @@ def _gpu() -> bool:
 
 def _summary(out: str, width: int = 110) -> str:
     """The benchmark's last non-empty output line: each script ends with its headline."""
-    lines = [ln.strip() for ln in out.splitlines() if ln.strip() and not ln.startswith(("WARNING", "Warning"))]
+    lines = [ln.strip() for ln in out.splitlines()
+             if ln.strip() and not ln.startswith(("WARNING", "Warning")) and not ln.strip().startswith(("{", "}", "[", "]", '"'))]
     text = lines[-1] if lines else ""
     return text if len(text) <= width else text[: width - 3] + "..."
 
