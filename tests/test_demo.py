@@ -45,3 +45,10 @@ def test_demo_studies_keep_the_papers_regime(tmp_path):
     assert ft_ref >= {(x, s) for x in demo.REF_X for s in (0, 1)} and mt_ref >= {(x, s) for x in demo.REF_X for s in (0, 1)}
     assert {lab["rho"] for lab, _ in runs if lab["setting"] == "midtrain"} == {0.0, 0.25, 0.5, 0.75}
     assert {x for lab, _ in build_runs(second) for x in [lab["x"]] if lab.get("reference")} == set(demo.REF_X) - {1}
+
+
+def test_quick_demo_studies_build_for_both_targets(tmp_path):
+    data = demo.DemoData(tmp_path / "tok", tmp_path / "generic", {"basque": tmp_path / "eu", "python": tmp_path / "py"})
+    for name, full in (("basque", True), ("python", False)):
+        runs = build_runs(demo.demo_study(data, name, full=full, quick=True))
+        assert runs and all(sum(p.build()[1] for p in cfg.phases) == 96 for _, cfg in runs)

@@ -233,7 +233,7 @@ def headline(results: dict[str, Any]) -> list[str]:
     level = effi.get("level")
     pct = f"{round(100 * level)}% " if isinstance(level, float) else ""
     lines.append(f"target-data multipliers (reference family '{effi.get('reference', 'uniform')}', "
-                 f"{pct}bootstrap interval over seeds):")
+                 f"{pct}bootstrap interval):")
     for key, text in (("finetune_replay", "fine-tuning replay"), ("midtrain_replay", "mid-training replay"),
                       ("full_schedule", "full schedule")):
         c = (effi.get("comparisons") or {}).get(key)

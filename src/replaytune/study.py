@@ -235,7 +235,7 @@ def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any],
     seeds = ref.seeds if ref.seeds is not None else study.seeds
     out: list[tuple[dict[str, Any], RunConfig]] = []
     for x in ref.target_batches:
-        if x * mt.epochs > N:
+        if ref.family == "uniform" and x * mt.epochs > N:
             raise sched.ScheduleError(f"reference x={x:g} batches x {mt.epochs:g} epochs exceeds the {N}-step run")
         for seed in seeds:
             tag = f"_s{seed}" if len(seeds) > 1 else ""
