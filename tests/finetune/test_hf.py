@@ -153,3 +153,52 @@ def test_stores_of_two_tokenizers_are_refused(stores, tmp_path):
     with pytest.raises(DataError, match="different tokenizers cannot be mixed"):
         ReplayDataset.from_stores(stores["target"], other, replay_fraction=0.5, epochs=1, seq_len=L, batch_size=B)
     assert isinstance(stores["target"], TokenStore)
+
+
+def test_trl_sft_trainer_trains_on_the_mixture_with_its_masks(assets, stores, tmp_path):
+    """The docs' TRL recipe, run: SFTTrainer consumes the mixture's items untouched (assistant-only
+    labels of the chat target, every token of the text replay) in the mixture's order."""
+    trl = pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
+
+    model = AutoModelForCausalLM.from_pretrained(str(assets.chat_model))
+    tokenizer = AutoTokenizer.from_pretrained(str(assets.chat_model))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ds = _dataset(stores)
+    seen = []
+
+    def collate(features):
+        batch = default_data_collator(features)
+        seen.append(batch)
+        return batch
+
+    cfg = trl.SFTConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                        max_steps=3, learning_rate=1e-3, packing=False, max_length=None, remove_unused_columns=False,
+                        dataset_kwargs={"skip_prepare_dataset": True}, report_to=[], use_cpu=True, save_strategy="no",
+                        logging_steps=1, disable_tqdm=True, dataloader_num_workers=0)
+    # TRL takes a `datasets` dataset: the same items through ReplayDataset.to_hf_dataset()
+    trainer = trl.SFTTrainer(model=model, args=cfg, train_dataset=ds.to_hf_dataset(), data_collator=collate,
+                             processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    # what TRL trained on is the mixture, item for item, labels included
+    expected = list(islice(iter(_dataset(stores, with_source=True)), 3 * B))
+    got_ids = torch.cat([b["input_ids"] for b in seen])[: 3 * B]
+    got_labels = torch.cat([b["labels"] for b in seen])[: 3 * B]
+    assert torch.equal(got_ids, torch.stack([e["input_ids"] for e in expected]))
+    assert torch.equal(got_labels, torch.stack([e["labels"] for e in expected]))
+    # chat items learn on assistant tokens only; replay text on every token but the first
+    loss = {"target": 0, "generic": 0}
+    for e in expected:
+        n = int((e["labels"] != IGNORE).sum())
+        loss[e["source"]] += n
+        if e["source"] == "generic":
+            assert n == L
+        else:
+            assert n < L
+    full = _dataset(stores, with_source=True)
+    totals = {"target": 0, "generic": 0}
+    for e in full:  # over the whole run the replay share of loss tokens is rho = 0.5
+        totals[e["source"]] += int((e["labels"] != IGNORE).sum())
+    assert totals["generic"] / sum(totals.values()) == pytest.approx(0.5, abs=0.05)
