@@ -56,6 +56,11 @@ class DataConfig(_Frozen):
         None, ge=1, description="Sequences per forward pass per rank; gradient accumulation makes up the rest."
     )
     seed: int = Field(0, description="Data seed: fixes which sequences land in which batch.")
+    document_attention: Literal["auto", "block", "full"] = Field(
+        "auto", description="Packed windows hold several documents. block: each token attends to its own document "
+        "only (positions restart after every EOS; the token after an EOS is not predicted from the previous "
+        "document), as if each document ran alone; full: tokens attend to earlier documents of the window too. "
+        "auto: block when a source carries a loss mask (chat, instruction), full for plain text (the paper's setup).")
 
 
 # Kept here (plain data, no torch import) so that validation can name the allowed presets;

@@ -11,6 +11,12 @@ model (logits at position k score ``labels[k + 1]``), so giving it the whole win
 prompts) scores exactly the same L targets; the logit of the last position is computed and
 unused (1 / (L + 1) of the forward pass). Text stores have no mask: every target counts.
 
+Document attention, as the loop's ``data.document_attention`` (default ``auto``: block when a
+store carries a loss mask, i.e. chat or instruction data): in block mode an item carries
+``position_ids`` restarting after every EOS and no ``attention_mask``, which transformers reads as
+packed documents (each attends to itself only, on SDPA, eager and flash-attention), and the
+token after an EOS is not a target; in full mode it carries ``attention_mask`` (all ones).
+
 The stream is a pure function of the step: item ``j`` of step ``s`` is position ``j`` of the
 mixture's shuffled global batch at ``s`` (``data/mixture.py``), so
 
@@ -64,6 +70,7 @@ class ReplayDataset(IterableDataset):
         rank: int = 0,
         world: int = 1,
         with_source: bool = False,
+        document_attention: str = "auto",
     ):
         super().__init__()
         missing = [s for s in mixture.sources if s not in stores]
@@ -79,6 +86,11 @@ class ReplayDataset(IterableDataset):
             raise ConfigError(f"rank {rank} of world {world}: batch size {mixture.batch_size} must divide by the world size")
         self.mixture, self.stores, self.seq_len = mixture, dict(stores), int(seq_len)
         self.rank, self.world, self.with_source = rank, world, with_source
+        if document_attention not in ("auto", "block", "full"):
+            raise ConfigError(f"document_attention {document_attention!r}: choose auto, block or full")
+        masked = any(self.stores[s].has_loss_mask for s in mixture.sources)
+        self.block = document_attention == "block" or (document_attention == "auto" and masked)
+        self.eos = next(iter(self.stores.values())).eos_id
         self.start_step, self.start_offset, self.progress = 0, 0, 0
         self.skip_to(start_step)
 
@@ -122,6 +134,7 @@ class ReplayDataset(IterableDataset):
 
         stores = open_stores(cfg)
         plan = RunPlan(cfg, stores)
+        kwargs.setdefault("document_attention", cfg.data.document_attention)
         return cls(plan.phases[phase].mixture, stores, cfg.data.seq_len, **kwargs)
 
     # -- position -----------------------------------------------------------------------------
@@ -165,11 +178,14 @@ class ReplayDataset(IterableDataset):
         if mask is not None:
             labels[~mask[0]] = IGNORE  # mask[k]: token k is a loss target
         labels[0] = IGNORE  # no position predicts the first token
-        item = {
-            "input_ids": torch.from_numpy(window),
-            "labels": torch.from_numpy(labels),
-            "attention_mask": torch.ones(len(window), dtype=torch.long),
-        }
+        item = {"input_ids": torch.from_numpy(window), "labels": torch.from_numpy(labels)}
+        if self.block:
+            from replaytune.train.evaluation import document_positions
+
+            labels[1:][window[:-1] == self.eos] = IGNORE  # no prediction across a document boundary
+            item["position_ids"] = torch.from_numpy(document_positions(window[None], self.eos)[0])
+        else:
+            item["attention_mask"] = torch.ones(len(window), dtype=torch.long)
         if self.with_source:
             item["source"] = source
         return item
@@ -203,5 +219,6 @@ class ReplayDataset(IterableDataset):
             for item in ReplayDataset.__iter__(self):
                 yield {k: v.tolist() for k, v in item.items() if k != "source"}
 
-        features = datasets.Features({k: datasets.Sequence(datasets.Value("int64")) for k in ("input_ids", "labels", "attention_mask")})
+        keys = ("input_ids", "labels", "position_ids" if self.block else "attention_mask")
+        features = datasets.Features({k: datasets.Sequence(datasets.Value("int64")) for k in keys})
         return datasets.IterableDataset.from_generator(gen, features=features)

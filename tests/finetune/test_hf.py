@@ -14,7 +14,7 @@ from replaytune.data.store import TokenStore
 from replaytune.errors import DataError
 from replaytune.finetune import build_run_config, load_config, plan_replay
 from replaytune.hf import IGNORE, ReplayDataset
-from replaytune.train.evaluation import make_inputs, sequence_losses
+from replaytune.train.evaluation import document_positions, make_inputs, sequence_losses
 from replaytune.train.plan import RunPlan
 
 L, B = 32, 4
@@ -46,16 +46,24 @@ def test_items_are_the_loops_windows_with_labels_masked(stores):
     for item in items:
         name = item["source"]
         seen.add(name)
-        assert item["input_ids"].shape == item["labels"].shape == item["attention_mask"].shape == (L + 1,)
-        assert item["labels"][0] == IGNORE and bool(item["attention_mask"].all())
+        # a chat target: block document attention (positions restart after each EOS, no attention mask)
+        assert item["input_ids"].shape == item["labels"].shape == item["position_ids"].shape == (L + 1,)
+        assert item["labels"][0] == IGNORE and "attention_mask" not in item
+        ids_np = item["input_ids"].numpy()
+        assert np.array_equal(item["position_ids"].numpy(), document_positions(ids_np[None], ds.eos)[0])
         split = stores[name].train
         # find the window: the loop's targets are input_ids[1:] masked like make_inputs does
         matches = [i for i in range(split.num_sequences(L))
                    if np.array_equal(split.sequences(np.array([i]), L)[0], item["input_ids"].numpy())]
-        _, y = make_inputs(split, np.array(matches[:1]), L)
+        x, y = make_inputs(split, np.array(matches[:1]), L)
+        y[x == ds.eos] = IGNORE  # the loop in block mode: no target across a document boundary
         assert np.array_equal(item["labels"][1:].numpy(), y[0])
-        if name == "generic":
-            assert torch.equal(item["labels"][1:], item["input_ids"][1:])  # text: every token a target
+        if name == "generic":  # text: every token a target but the one after an EOS
+            after_eos = np.flatnonzero(ids_np[:-1] == ds.eos) + 1
+            expect = item["input_ids"].clone()
+            expect[0] = IGNORE
+            expect[torch.from_numpy(after_eos)] = IGNORE
+            assert torch.equal(item["labels"], expect)
     assert seen == {"target", "generic"}  # one batch holds chat and text
     assert (items[0]["labels"] == IGNORE).sum() >= 1
 
@@ -111,9 +119,12 @@ def test_hf_loss_equals_the_loops_loss(assets, stores):
     items = list(islice(iter(ds), 2 * B))
     ids = torch.stack([i["input_ids"] for i in items])
     labels = torch.stack([i["labels"] for i in items])
+    pos = torch.stack([i["position_ids"] for i in items])  # block document attention, as the loop
     with torch.no_grad():
-        hf_loss = model(input_ids=ids, labels=labels).loss
-        logits = model(input_ids=ids[:, :-1]).logits  # the loop feeds L tokens, predicts the next L
+        # use_cache=False: with a cache transformers does not read restarted positions as packed documents
+        hf_loss = model(input_ids=ids, labels=labels, position_ids=pos, use_cache=False).loss
+        # the loop feeds L tokens with restarted positions and predicts the next L
+        logits = model(input_ids=ids[:, :-1], position_ids=pos[:, :-1], use_cache=False).logits
     targets = labels[:, 1:]
     ours = sequence_losses(logits, targets).sum() / (targets != IGNORE).sum()
     assert hf_loss.item() == pytest.approx(ours.item(), rel=1e-5)
@@ -162,6 +173,7 @@ def test_trl_sft_trainer_trains_on_the_mixture_with_its_masks(assets, stores, tm
     from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
     model = AutoModelForCausalLM.from_pretrained(str(assets.chat_model))
+    model.config.use_cache = False  # so that restarted position_ids mean packed documents while training
     tokenizer = AutoTokenizer.from_pretrained(str(assets.chat_model))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ds = _dataset(stores)
@@ -193,8 +205,8 @@ def test_trl_sft_trainer_trains_on_the_mixture_with_its_masks(assets, stores, tm
     for e in expected:
         n = int((e["labels"] != IGNORE).sum())
         loss[e["source"]] += n
-        if e["source"] == "generic":
-            assert n == L
+        if e["source"] == "generic":  # every target but those after an EOS (block document attention)
+            assert n == L - int((e["input_ids"][:L] == ds.eos).sum())
         else:
             assert n < L
     full = _dataset(stores, with_source=True)

@@ -127,7 +127,8 @@ def test_loss_is_mean_over_global_target_tokens(masked_stores, tmp_path):
     cfg = tiny_config(
         masked_stores, tmp_path / "run",
         phases=[{"name": "mix", "steps": 1, "uniform": {"gamma": 0.5}}],
-        data={"micro_batch_size": 3}, eval={"interval": 0},
+        # full attention: the reference below runs the plain windows (block attention: tests/train/test_packing.py)
+        data={"micro_batch_size": 3, "document_attention": "full"}, eval={"interval": 0},
     )
     train(cfg)
     logged = _step_losses(tmp_path / "run")[0]

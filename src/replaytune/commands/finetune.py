@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     a("--replay-unit", choices=["tokens", "sequences", "examples"], help="what the fraction counts (default tokens: loss-bearing tokens)")
     a("--epochs", "--num_train_epochs", dest="epochs", type=float, help="passes over the target (default 1 for text, 3 for chat/instruction)")
     a("--seq-len", type=int, help="tokens per packed sequence (default 2048)")
+    a("--document-attention", choices=["auto", "block", "full"],
+      help="packed documents attend to themselves only (block) or to earlier ones too (full); "
+           "default auto: block for chat/instruction data, full for text")
     a("--batch-size", type=int, help="global batch in sequences (default 32)")
     a("--micro-batch-size", "--per_device_train_batch_size", dest="micro_batch_size", type=int,
       help="sequences per forward pass; the rest is gradient accumulation (default 4)")
@@ -124,7 +127,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "target": {"path": args.target, "kind": args.target_kind, "val": args.target_val},
         "replay": {"path": args.replay, "kind": args.replay_kind, "val": args.replay_val},
         "replay_fraction": args.replay_fraction, "replay_unit": args.replay_unit, "epochs": args.epochs,
-        "seq_len": args.seq_len, "batch_size": _batch_size(args), "micro_batch_size": args.micro_batch_size,
+        "seq_len": args.seq_len, "document_attention": args.document_attention, "batch_size": _batch_size(args), "micro_batch_size": args.micro_batch_size,
         "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
         "lora": lora if any(v is not None for v in lora.values()) else (True if args.lora else None),
         "save": args.save, "chat_template": args.chat_template, "max_length": args.max_length, "strict": args.strict,

@@ -82,6 +82,9 @@ class FinetuneConfig(Frozen):
     )
     epochs: float | None = Field(None, gt=0, description="Passes over the target (default 1 for text, 3 for chat/instruction).")
     seq_len: int = Field(2048, ge=2, description="Tokens per packed training sequence.")
+    document_attention: Literal["auto", "block", "full"] = Field(
+        "auto", description="Packed documents attend to themselves only (block) or to earlier ones too (full); "
+        "auto: block for chat/instruction data, full for text.")
     batch_size: int = Field(32, ge=1, description="Global batch in sequences.")
     micro_batch_size: int | None = Field(4, ge=1, description="Sequences per forward pass (gradient accumulation).")
     lr: float | None = Field(None, gt=0, description="Peak LR (default 1e-5 full fine-tuning, 1e-4 LoRA).")

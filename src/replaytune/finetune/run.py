@@ -194,6 +194,7 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Pa
         "data": {
             "sources": {role: {"store": str(p)} for role, p in stores.items()},
             "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
+            "document_attention": cfg.document_attention,
         },
         "phases": [{
             "name": "finetune", "steps": plan.steps, "stages": plan.schedule.to_dict()["stages"],

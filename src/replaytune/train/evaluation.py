@@ -58,6 +58,36 @@ def make_inputs(split: TokenSplit, ids: np.ndarray, seq_len: int) -> tuple[np.nd
     return seqs[:, :-1], targets
 
 
+def document_positions(x: np.ndarray, eos: int) -> np.ndarray:
+    """Position ids that restart at 0 after every EOS in each row of inputs ``x`` [n, L].
+
+    Given as ``position_ids`` with no attention mask, transformers' causal LMs read the restarts
+    as packed documents and attend within each one only (SDPA/eager: a block-diagonal causal
+    mask; flash-attention: variable-length segments), so every document is computed as if alone.
+    A window that starts inside a document starts that document at position 0.
+    """
+    n, length = x.shape
+    t = np.arange(length)
+    start = np.zeros((n, length), dtype=bool)
+    start[:, 0] = True
+    start[:, 1:] = x[:, :-1] == eos
+    last_start = np.maximum.accumulate(np.where(start, t, 0), axis=1)
+    return (t - last_start).astype(np.int64)
+
+
+def block_inputs(split: TokenSplit, ids: np.ndarray, seq_len: int, eos: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`make_inputs` plus position ids for block-diagonal document attention (``eos`` given).
+
+    In block mode the target of an EOS input (the next document's first token) is not scored:
+    a document run alone has no prediction for its first token either.
+    """
+    x, y = make_inputs(split, ids, seq_len)
+    if eos is None:
+        return x, y, None
+    y[x == eos] = IGNORE
+    return x, y, document_positions(x, eos)
+
+
 def sequence_losses(logits, targets):
     """Summed cross-entropy of each sequence's target tokens, fp32: [n]."""
     import torch.nn.functional as F
@@ -77,8 +107,11 @@ def evaluate(
     dist: Dist,
     precision: str,
     sharded: bool = False,
+    eos: int | None = None,
 ) -> dict[str, float | None]:
     """Mean held-out loss per source. Ranks split the sequences and sum their results.
+
+    ``eos``: block-diagonal document attention (:func:`block_inputs`), as in training.
 
     Under FSDP every rank must run the same number of forward passes (each one gathers
     parameters), so a rank whose share ran out runs the first sequence again at weight 0.
@@ -104,11 +137,12 @@ def evaluate(
                     if not sharded:
                         continue
                     mine, weight = src_ids[:1], 0.0
-                x, y = make_inputs(split, mine, seq_len)
+                x, y, pos = block_inputs(split, mine, seq_len, eos)
                 xt = torch.from_numpy(x).to(dist.device)
                 yt = torch.from_numpy(y).to(dist.device)
+                extra = {} if pos is None else {"position_ids": torch.from_numpy(pos).to(dist.device)}
                 with autocast(dist.device, precision):
-                    logits = model(input_ids=xt, use_cache=False).logits
+                    logits = model(input_ids=xt, use_cache=False, **extra).logits
                 totals[j] += weight * sequence_losses(logits, yt).sum().double()
                 totals[len(names) + j] += weight * float((yt != IGNORE).sum())
     if was_training:

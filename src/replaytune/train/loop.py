@@ -44,7 +44,15 @@ from replaytune.errors import ReplaytuneError
 from replaytune.model import build_model, is_peft, load_tokenizer, save_model
 from replaytune.train import checkpoint as ck
 from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
-from replaytune.train.evaluation import IGNORE, auto_interval, eval_set, evaluate, make_inputs, sequence_losses
+from replaytune.train.evaluation import (
+    IGNORE,
+    auto_interval,
+    document_positions,
+    eval_set,
+    evaluate,
+    make_inputs,
+    sequence_losses,
+)
 from replaytune.rundir import CONFIG, METRICS, RECORD, RunLock, RunLocked
 from replaytune.train.metrics import MetricsLog, Progress, atomic_write_json, atomic_write_text, clean, prefix_lines
 from replaytune.train.optim import make_optimizer
@@ -281,7 +289,8 @@ class Trainer:
         return self._finish()
 
     # -- one update -------------------------------------------------------------------------
-    def _load(self, src: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _load(self, src: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Inputs, targets and (block document attention) position ids of this rank's sequences."""
         L = self.cfg.data.seq_len
         x = np.empty((len(ids), L), dtype=np.int64)
         y = np.empty((len(ids), L), dtype=np.int64)
@@ -289,7 +298,10 @@ class Trainer:
             sel = src == j
             name = self.plan.sources[j]
             x[sel], y[sel] = make_inputs(self.stores[name].train, ids[sel] + self.plan.first[name], L)
-        return x, y
+        if not self.plan.block:
+            return x, y, None
+        y[x == self.plan.eos_id] = IGNORE  # no prediction across a document boundary
+        return x, y, document_positions(x, self.plan.eos_id)
 
     def _update(self, s: int):
         import torch
@@ -307,12 +319,13 @@ class Trainer:
         self.sig = chain(self.sig, entry)
         t0 = time.perf_counter()
         sl = self.shard
-        x, y = self._load(src[sl], batch.ids[sl])
+        x, y, pos = self._load(src[sl], batch.ids[sl])
         dev = dist.device
         xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+        pt = None if pos is None else torch.from_numpy(pos).to(dev)
         src_t = torch.from_numpy(src[sl]).to(dev)
         tok_seq = (yt != IGNORE).sum(dim=1)
-        if any(st.has_loss_mask for st in self.stores.values()):
+        if plan.block or any(st.has_loss_mask for st in self.stores.values()):
             total = dist.all_reduce_sum(tok_seq.sum().double().reshape(1))
             t_global = float(total.item())
         else:
@@ -325,7 +338,8 @@ class Trainer:
             hi = min(lo + micro, n)
             with sync_context(self.wrapped, dist, cfg.parallel, hi == n):
                 with autocast(dev, self.precision):
-                    logits = self.wrapped(input_ids=xt[lo:hi], use_cache=False).logits
+                    extra = {} if pt is None else {"position_ids": pt[lo:hi]}
+                    logits = self.wrapped(input_ids=xt[lo:hi], use_cache=False, **extra).logits
                 per_seq = sequence_losses(logits, yt[lo:hi])
                 (per_seq.sum() * scale).backward()
             seq_loss[lo:hi] = per_seq.detach()
@@ -421,6 +435,7 @@ class Trainer:
             dist=self.dist,
             precision=self.precision,
             sharded=self.sharded,
+            eos=self.plan.eos_id if self.plan.block else None,
         )
         self.last_eval = {k: clean(v) for k, v in res.items()}
         phase, ps = self.plan.position(s)

@@ -116,6 +116,9 @@ class RunPlan:
         self.precision = precision
         self.vocab_size = max(s.vocab_size for s in self.stores.values())
         self.eos_id = next(iter(self.stores.values())).eos_id
+        mode = cfg.data.document_attention
+        # block-diagonal attention within each packed document (chat/instruction data by default)
+        self.block = mode == "block" or (mode == "auto" and any(s.has_loss_mask for s in self.stores.values()))
         sizes = {}
         # mixture id i of a source is its training sequence first + i
         self.first = {name: cfg.data.sources[name].first for name in self.stores}
@@ -216,6 +219,8 @@ class RunPlan:
             "optim": self.cfg.optim.model_dump(mode="json"),
             "precision": self.precision,
             "seed": self.cfg.seed,
+            # only when on: signatures (and checkpoints) of runs with full attention stay as they were
+            **({"document_attention": "block"} if self.block else {}),
         }
 
     def step_entry(self, step: int, batch: Batch | None = None, src: np.ndarray | None = None) -> dict[str, Any]:
