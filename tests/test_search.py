@@ -33,7 +33,8 @@ def test_best_is_found_at_a_fraction_of_the_grid():
     assert res.steps_grid == 32 + 43 + 64 + 128 + 256
     assert res.steps_computed < 0.6 * res.steps_grid
     # every candidate first ran to a quarter of its own run: the same target epochs for all
-    assert [s for r, s in calls[:5]] == [rung_step(c, 0.25) for c in _cands(rhos)]
+    assert [s for r, s in calls[:5]] == [rung_step(c, 0.125) for c in _cands(rhos)]
+    assert res.steps_computed <= 0.45 * res.steps_grid
     # survivors continued from where they stopped: no candidate ran to a step twice
     assert len(calls) == len(set(calls))
     d = res.to_dict()
@@ -55,11 +56,14 @@ def test_a_late_overtaker_is_lost_without_margin_and_kept_with_it():
     # rho 0.5 starts worse (slower on the target) but ends better: the documented failure mode
     curves = {0.0: lambda f: 5.2 - 0.2 * f, 0.5: lambda f: 5.25 - 0.35 * f}
     plain = successive_halving(_cands([0.0, 0.5]), _runner(curves))
-    assert plain.chosen.candidate.rho == 0.0 and plain.entries[1].eliminated_at == 0.25
+    assert plain.chosen.candidate.rho == 0.0 and plain.entries[1].eliminated_at == 0.125
     kept = successive_halving(_cands([0.0, 0.5]), _runner(curves), margin=0.1)
     assert kept.chosen.candidate.rho == 0.0  # of 2, ceil(2 / 2) = 1 goes on: the margin cannot widen that
-    three = successive_halving(_cands([0.0, 0.5, 0.75]), _runner({**curves, 0.75: lambda f: 5.5}), margin=0.1)
-    assert three.chosen.candidate.rho == 0.5  # ceil(3 / 2) = 2 go on, both within the margin: the overtake counts
+    three = _cands([0.0, 0.5, 0.75])
+    slow = {**curves, 0.75: lambda f: 5.5}
+    assert successive_halving(three, _runner(slow), eta=3).chosen.candidate.rho == 0.0  # a third goes on: lost
+    kept = successive_halving(three, _runner(slow), eta=2, fractions=(0.25, 1.0), margin=0.1)
+    assert kept.chosen.candidate.rho == 0.5  # ceil(3 / 2) = 2 go on, both within the margin: the overtake counts
 
 
 def test_forgetting_budget_excludes_the_best_target_loss():
@@ -67,7 +71,7 @@ def test_forgetting_budget_excludes_the_best_target_loss():
     generic = {0.0: 3.9, 0.5: 3.35, 0.75: 3.2}
     res = successive_halving(_cands([0.0, 0.5, 0.75]), _runner(curves, generic), base_generic=3.2, max_forgetting=0.2)
     assert res.chosen.candidate.rho == 0.5  # rho 0 forgets 0.7 nats: out, whatever its target loss
-    assert res.entries[0].eliminated_at == 0.25 and "rose more than 0.2" in res.entries[0].reason
+    assert res.entries[0].eliminated_at == 0.125 and "rose more than 0.2" in res.entries[0].reason
     none_ok = successive_halving(_cands([0.0, 0.5]), _runner(curves, generic), base_generic=2.0, max_forgetting=0.1)
     assert none_ok.chosen.candidate.rho == 0.5 and "least-forgetting" in none_ok.note
 

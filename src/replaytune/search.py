@@ -9,21 +9,21 @@ replay a fine-tuning run is longer (``T * E / (1 - rho)`` steps), and each candi
 at the same fraction of its own run, i.e. after the same number of target epochs, never after
 the same number of steps (which would judge high-replay runs before they saw the target).
 
-Rungs at fractions ``f_1 < f_2 < ... < 1`` of each run (default 1/4, 1/2, 1):
+Rungs at fractions ``f_1 < f_2 < ... < 1`` of each run (default 1/8, 1/4, 1/2, 1):
 
 1. every live candidate runs on to ``f_k`` of its length (from where it stopped) and is
    evaluated on held-out target (and generic) data;
 2. with a forgetting budget ``max_forgetting``, a candidate whose held-out generic loss rose by
    more than that over the base model is out;
 3. the rest are ranked by held-out target loss (ties: the earlier candidate first); the best
-   ``ceil(n / eta)`` go on, and of those any candidate worse than the best by more than
+   ``ceil(n / eta)`` go on (default eta = 3), and of those any candidate worse than the best by more than
    ``margin`` (the measured seed-to-seed noise) stops too;
 4. at the last rung the best final target loss is chosen.
 
 What it can get wrong: the ranking after a quarter of the epochs need not be the final
 ranking. A candidate that learns the target more slowly but ends better (replay acts as a
 regularizer that pays off late, when the pure run starts to memorize) can be dropped early;
-keeping half at every rung (``eta = 2``) is what protects such a candidate, while ``margin``
+keeping more at every rung (a smaller ``eta``) is what protects such a candidate, while ``margin``
 only stops candidates that are clearly behind, to save their steps. BENCHMARKS.md measures
 how often the choice differs from the full grid's.
 
@@ -38,8 +38,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-FRACTIONS = (0.25, 0.5, 1.0)
-ETA = 2
+# Rungs and the share that goes on: with the default five candidates (rho 0 .. 0.875, whose runs
+# are 1x .. 8x the shortest) halving would finish the two best, often including the 8x run; keeping
+# a third at each rung finishes one, for about 40 % of the grid's steps.
+FRACTIONS = (0.125, 0.25, 0.5, 1.0)
+ETA = 3
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class SearchResult:
     chosen: Entry
     fractions: tuple[float, ...]
     eta: int
-    margin: float
+    margin: float | None
     max_forgetting: float | None
     base_generic: float | None
     note: str = ""
@@ -127,7 +130,7 @@ def successive_halving(
     *,
     fractions: Sequence[float] = FRACTIONS,
     eta: int = ETA,
-    margin: float = 0.0,
+    margin: float | None = None,
     base_generic: float | None = None,
     max_forgetting: float | None = None,
     log: Callable[[str], None] = lambda msg: None,
@@ -173,7 +176,8 @@ def successive_halving(
             log(f"search: chose {best.candidate.key} (target loss {best.target_loss:.4f})")
             return SearchResult(entries, best, fr, eta, margin, max_forgetting, base_generic, note)
         keep = ranked[: max(1, math.ceil(len(ranked) / eta))]
-        keep = [e for e in keep if e.target_loss - ranked[0].target_loss <= margin] or ranked[:1]
+        if margin is not None:
+            keep = [e for e in keep if e.target_loss - ranked[0].target_loss <= margin] or ranked[:1]
         for e in ranked:
             if e not in keep:
                 e.eliminated_at = f

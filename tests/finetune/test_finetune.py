@@ -251,3 +251,46 @@ def test_transformers_flag_names_mean_the_same_settings(monkeypatch):
     with pytest.raises(ConfigError, match="disagrees"):
         flag_values(build_parser().parse_args(["finetune", "--per_device_train_batch_size", "4",
                                                "--gradient_accumulation_steps", "2", "--batch-size", "16"]))
+
+
+def test_replay_fraction_auto_searches_then_finishes_the_choice(finetune_cfg, tmp_path, monkeypatch):
+    from replaytune.finetune import run as frun
+    from replaytune.finetune import run_finetune
+
+    cfg = finetune_cfg(replay_fraction="auto", replay_candidates=[0.0, 0.5, 0.75], epochs=4, seq_len=16)
+    res = run_finetune(cfg)
+    out = res.output
+    search = json.loads((out / "replay_search.json").read_text())
+    assert set(search) >= {"chosen_rho", "chosen_lr", "candidates", "steps_computed", "steps_grid"}
+    assert [c["rho"] for c in search["candidates"]] == [0.0, 0.5, 0.75]
+    for c in search["candidates"]:
+        assert set(c) >= {"rho", "lr", "target_loss", "generic_loss", "steps_run", "eliminated_at"}
+    assert search["steps_computed"] < search["steps_grid"]
+    chosen = [c for c in search["candidates"] if c["eliminated_at"] is None and c["steps_run"] == c["steps_full"]]
+    best = min(chosen, key=lambda c: c["target_loss"])
+    assert best["rho"] == search["chosen_rho"] == res.summary["plan"]["replay_fraction"]
+    # the fine-tuned model is the chosen run's, finished; its final loss is the search's
+    assert res.summary["final_eval"]["target"] == pytest.approx(best["target_loss"])
+    assert (out / "model" / "config.json").is_file() and (out / "replay_search.md").is_file()
+    assert (out / "replay_search.png").is_file() and res.summary["search"] == search
+
+    # killed mid-search: the rerun ends with the same choice and the same files
+    calls = {"n": 0}
+    real = frun.FinetuneTrainer.run
+
+    def dying(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("killed")
+        return real(self)
+
+    out2 = tmp_path / "killed"
+    cfg2 = cfg.model_copy(update={"output": str(out2)})
+    monkeypatch.setattr(frun.FinetuneTrainer, "run", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_finetune(cfg2)
+    monkeypatch.setattr(frun.FinetuneTrainer, "run", real)
+    again = run_finetune(cfg2, resume=True)
+    strip = lambda d: {k: v for k, v in d.items()}  # noqa: E731
+    assert strip(json.loads((out2 / "replay_search.json").read_text())) == strip(search)
+    assert again.summary["final_eval"] == res.summary["final_eval"]

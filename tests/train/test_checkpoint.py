@@ -239,3 +239,15 @@ def test_divergence_before_any_checkpoint_does_not_offer_resume(reference, tmp_p
         train(reference.cfg.model_copy(update={"out_dir": str(tmp_path / "run")}), callbacks=[poison])
     assert "rerun from the start" in str(e.value) and "--resume" not in str(e.value)
     assert "lower phases.0.lr.peak" in str(e.value)
+
+
+def test_stop_at_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
+    out = tmp_path / "run"
+    cfg = reference.cfg.model_copy(update={"out_dir": str(out)})
+    part = train(cfg, stop_at=7)
+    assert part["stopped_at"] == 7 and not (out / "record.json").exists()
+    assert set(part["final"]["eval"]) == {"generic", "target"}
+    assert train(cfg, resume=True, stop_at=7)["stopped_at"] == 7  # already there: nothing trained
+    record = train(cfg, resume=True)
+    assert strip_timing(read_metrics(out)) != [] and _comparable(record) == _comparable(reference.record)
+    assert _same_weights(out, reference.out)

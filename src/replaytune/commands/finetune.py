@@ -40,7 +40,15 @@ def register(subparsers) -> None:
     a("--replay", metavar="SOURCE", help="generic data to replay (same forms as --target)")
     a("--replay-kind", choices=["auto", "text", "chat", "instruction"], help="default: from the first record")
     a("--replay-val", type=float, metavar="F|N", help="held-out replay documents: fraction or count (default 0.01)")
-    a("--replay-fraction", type=float, metavar="RHO", help="replay share of every batch, in [0, 1) (default 0.5 with --replay)")
+    a("--replay-fraction", type=_rho, metavar="RHO|auto",
+      help="replay share of every batch, in [0, 1) (default 0.5 with --replay); auto: search the candidates by held-out "
+           "target loss (successive halving, ~40%% of the grid's steps), then finish the best")
+    a("--replay-candidates", type=_floats, metavar="R,R,...", help="auto: rho values to search (default 0,0.25,0.5,0.75,0.875)")
+    a("--lr-candidates", type=_floats, metavar="LR,LR,...", help="auto: peak LRs to search too (default: --lr only)")
+    a("--max-forgetting", type=float, metavar="NATS",
+      help="auto: only candidates whose held-out generic loss rose by at most NATS over the base model")
+    a("--search-margin", type=float, metavar="NATS",
+      help="auto: stop a candidate once it trails the best by more than NATS (e.g. the seed noise)")
     a("--replay-unit", choices=["tokens", "sequences", "examples"], help="what the fraction counts (default tokens: loss-bearing tokens)")
     a("--epochs", "--num_train_epochs", dest="epochs", type=float, help="passes over the target (default 1 for text, 3 for chat/instruction)")
     a("--seq-len", type=int, help="tokens per packed sequence (default 2048)")
@@ -89,6 +97,17 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _rho(text: str):
+    return "auto" if text == "auto" else float(text)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 _SCHEDULES = {"cosine": "cosine", "wsd": "wsd", "constant": "constant", "linear": "linear",
               "constant_with_warmup": "constant", "warmup_stable_decay": "wsd"}  # Transformers' names -> ours
 
@@ -127,6 +146,8 @@ def flag_values(args: argparse.Namespace) -> dict:
         "target": {"path": args.target, "kind": args.target_kind, "val": args.target_val},
         "replay": {"path": args.replay, "kind": args.replay_kind, "val": args.replay_val},
         "replay_fraction": args.replay_fraction, "replay_unit": args.replay_unit, "epochs": args.epochs,
+        "replay_candidates": args.replay_candidates, "lr_candidates": args.lr_candidates,
+        "max_forgetting": args.max_forgetting, "search_margin": args.search_margin,
         "seq_len": args.seq_len, "document_attention": args.document_attention, "batch_size": _batch_size(args), "micro_batch_size": args.micro_batch_size,
         "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
         "lora": lora if any(v is not None for v in lora.values()) else (True if args.lora else None),

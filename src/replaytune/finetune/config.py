@@ -74,9 +74,19 @@ class FinetuneConfig(Frozen):
     tokenizer: str | None = Field(None, description="Tokenizer folder (default: the model's own).")
     target: SourceArg
     replay: SourceArg | None = None
-    replay_fraction: float | None = Field(
-        None, ge=0, lt=1, description="rho: replay share of each batch (default 0.5 with a replay source, else 0)."
+    replay_fraction: float | Literal["auto"] | None = Field(
+        None, description="rho: replay share of each batch (default 0.5 with a replay source, else 0); 'auto' searches "
+        "replay_candidates (and lr_candidates) by held-out target loss at a fraction of the grid's compute."
     )
+    replay_candidates: list[float] = Field(
+        [0.0, 0.25, 0.5, 0.75, 0.875], description="replay fraction auto: the rho values searched.")
+    lr_candidates: list[float] | None = Field(None, description="replay fraction auto: peak LRs searched (default: lr only).")
+    max_forgetting: float | None = Field(
+        None, gt=0, description="replay fraction auto: only candidates whose held-out generic loss rose by at most this "
+        "many nats over the base model.")
+    search_margin: float | None = Field(
+        None, ge=0, description="replay fraction auto: stop a candidate early once its target loss is worse than the best "
+        "by more than this (the seed noise); default: only halving.")
     replay_unit: Literal["tokens", "sequences", "examples"] = Field(
         "tokens", description="What rho counts: loss-bearing tokens (default), sequences, or examples."
     )
@@ -125,14 +135,28 @@ class FinetuneConfig(Frozen):
 
     @model_validator(mode="after")
     def _checks(self):
-        if self.replay is None and (self.replay_fraction or 0) > 0:
+        if self.replay_fraction == "auto":
+            if self.replay is None:
+                raise ValueError("replay_fraction auto needs a replay source (--replay)")
+            bad = [r for r in self.replay_candidates if not 0 <= r < 1]
+            if bad or not self.replay_candidates:
+                raise ValueError(f"replay_candidates must be a non-empty list in [0, 1), got {self.replay_candidates}")
+        elif self.replay_fraction is not None and not 0 <= self.replay_fraction < 1:
+            raise ValueError(f"replay_fraction must be in [0, 1) or 'auto', got {self.replay_fraction}")
+        elif self.replay is None and (self.replay_fraction or 0) > 0:
             raise ValueError(f"replay_fraction {self.replay_fraction} needs a replay source (--replay)")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             object.__setattr__(self, "micro_batch_size", self.batch_size)
         return self
 
     @property
+    def auto_replay(self) -> bool:
+        return self.replay_fraction == "auto"
+
+    @property
     def rho(self) -> float:
+        if self.replay_fraction == "auto":
+            raise ValueError("replay fraction auto: the search chooses rho (replaytune.finetune.search)")
         if self.replay_fraction is not None:
             return float(self.replay_fraction)
         return DEFAULT_REPLAY_FRACTION if self.replay is not None else 0.0

@@ -31,6 +31,7 @@ from replaytune import rundir
 from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
 from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources
+from replaytune.finetune import search as fsearch
 from replaytune.finetune.plan import ReplayPlan, plan_replay, realised_units
 from replaytune.fsio import replace_dir, temp_dir, write_text
 from replaytune.schedule import GENERIC, TARGET
@@ -252,6 +253,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
 
     created = not out.exists()
     started = False
+    search = None
     try:
         prepared: dict[str, tuple[TokenStore, dict[str, Any]]] = {}
         if dist.is_main:
@@ -270,15 +272,26 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
                 raise ReplaytuneError(f"rank 0 could not prepare the data: {status}")
         paths = {role: (src.store or out / "data" / role) for role, src in sources.items()}
         stores = {role: prepared[role][0] if role in prepared else TokenStore(p) for role, p in paths.items()}
+        run_dir = out / "run"
+        if cfg.auto_replay:
+            if prepare_only:
+                cands = fsearch.candidates(cfg, stores, epochs)
+                say("replay fraction search over: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
+                return FinetuneResult(out, {"search": [{"rho": c.rho, "lr": c.lr, "steps": c.steps} for c, _, _ in cands]})
+            started = True  # candidates' runs exist from here on: a failure leaves them for --resume
+            search = _search(cfg, stores, paths, out, epochs, say)
+            chosen = search.chosen.candidate
+            cfg = cfg.model_copy(update={"replay_fraction": chosen.rho, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
+            run_dir = fsearch.run_dir(out, chosen)
         plan = plan_replay(stores[TARGET], stores.get(GENERIC), replay_fraction=cfg.rho, epochs=epochs,
                            seq_len=cfg.seq_len, batch_size=cfg.batch_size, unit=cfg.replay_unit)
-        run_cfg = build_run_config(cfg, plan, paths, out / "run", out / "tokenizer")
+        run_cfg = build_run_config(cfg, plan, paths, run_dir, out / "tokenizer")
         realised = _realised(run_cfg, stores, plan)
         if dist.is_main:
             say(_describe(plan, realised))
         if prepare_only:
             return FinetuneResult(out, {"plan": {**plan.to_dict(), "realised": realised}})
-        resume_run = resume and (out / "run").exists()  # nothing trained yet: a plain start, no warning
+        resume_run = (resume or search is not None) and rundir.is_started(run_dir)  # the search finished the chosen run
         trainer = FinetuneTrainer(run_cfg, resume=resume_run, activation_checkpointing=cfg.activation_checkpointing)
         started = True
         t0 = time.perf_counter()
@@ -293,7 +306,8 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     if dist.is_main:
         outputs = _finalize_model(cfg, run_cfg, trainer, out)
         if not cfg.keep_checkpoints:
-            shutil.rmtree(out / "run" / rundir.CHECKPOINTS, ignore_errors=True)
+            for ck_dir in [run_dir, *((out / fsearch.SEARCH_DIR).glob("*") if search is not None else [])]:
+                shutil.rmtree(Path(ck_dir) / rundir.CHECKPOINTS, ignore_errors=True)
         result.report = _report(cfg, run_cfg, stores, plan, record, out, say)
         result.summary = {
             "settings": cfg.model_dump(mode="json"),
@@ -306,6 +320,11 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
             "outputs": outputs,
             "seconds": round(train_s, 3),
         }
+        if search is not None:
+            result.summary["search"] = fsearch.write_outputs(out, search)
+            say(f"replay fraction search: chose rho {chosen.rho:g}"
+                + ("" if chosen.lr is None else f", LR {chosen.lr:g}")
+                + f" ({search.steps_computed:,} of {search.steps_grid:,} grid steps); see {out / fsearch.MD}")
         for folder in ("model", "adapter"):
             if (out / folder).is_dir():
                 write_text(out / folder / "README.md", model_card(result.summary, result.report, folder))
@@ -370,6 +389,37 @@ def model_card(summary: dict[str, Any], report: dict[str, Any], folder: str) -> 
                   'tokenizer = AutoTokenizer.from_pretrained("PATH")']
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: Callable[[str], None]):
+    """Run the replay-fraction search (replaytune.search) with each candidate in OUT/search/<key>."""
+    from replaytune.search import Outcome, rung_step, successive_halving
+    from replaytune.train.metrics import read_metrics
+
+    cands = fsearch.candidates(cfg, stores, epochs)
+    by_key = {c.key: (c_cfg, plan) for c, c_cfg, plan in cands}
+
+    def run_to(c, step: int) -> Outcome:
+        c_cfg, plan = by_key[c.key]
+        where = fsearch.run_dir(out, c)
+        run_cfg = build_run_config(c_cfg, plan, paths, where, out / "tokenizer")
+        trainer = FinetuneTrainer(run_cfg, resume=rundir.is_started(where), stop_at=step,
+                                  activation_checkpointing=cfg.activation_checkpointing)
+        ev = trainer.run()["final"]["eval"]
+        return Outcome(ev[TARGET], ev.get(GENERIC))
+
+    from replaytune.search import FRACTIONS as fractions
+
+    base_generic = None
+    if cfg.max_forgetting is not None:  # the base model's generic loss: the first candidate's step-0 evaluation
+        first = cands[0][0]
+        run_to(first, rung_step(first, fractions[0]))
+        step0 = next(m["eval"] for m in read_metrics(fsearch.run_dir(out, first)) if m["kind"] == "eval" and m["step"] == 0)
+        base_generic = step0.get(GENERIC)
+    say("replay fraction search: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
+    return successive_halving([c for c, _, _ in cands], run_to, fractions=fractions,
+                              margin=cfg.search_margin,
+                              base_generic=base_generic, max_forgetting=cfg.max_forgetting, log=say)
 
 
 def _save_tokenizer(tok, template: str | None, path: Path) -> None:
@@ -438,7 +488,7 @@ def _finalize_model(cfg: FinetuneConfig, run_cfg: rconfig.RunConfig, trainer: Fi
     from replaytune.model import load_tokenizer as tokenizer_for_save
     from replaytune.model import save_model
 
-    saved = out / "run" / "model"
+    saved = Path(run_cfg.out_dir) / rundir.MODEL
     if cfg.lora is None:
         if saved.exists():
             replace_dir(saved, out / "model")
@@ -484,7 +534,7 @@ def _report(cfg, run_cfg, stores, plan, record, out: Path, say) -> dict[str, Any
 
     sources = {role: {"source": (cfg.target if role == TARGET else cfg.replay).path,
                       **held_out(store, cfg.seq_len, cfg.eval_sequences)} for role, store in stores.items()}
-    report = build_report(out / "run", plan=plan.to_dict(), held=sources)
+    report = build_report(Path(run_cfg.out_dir), plan=plan.to_dict(), held=sources)
     if cfg.eval_tasks:
         report["downstream"] = downstream(
             cfg.eval_tasks,

@@ -86,6 +86,7 @@ class Trainer:
         init_from: str | Path | None = None,
         save_at: Iterable[int] = (),
         callbacks: Sequence[Callable[["Trainer"], None]] = (),
+        stop_at: int | None = None,
     ):
         if out_dir is not None:
             cfg = cfg.model_copy(update={"out_dir": str(out_dir)})
@@ -95,6 +96,8 @@ class Trainer:
         self.init_from = Path(init_from) if init_from is not None else None
         self.save_at = sorted(set(cfg.checkpoint.save_at) | {int(s) for s in save_at})
         self.callbacks = list(callbacks)
+        # stop after this many updates (evaluated and checkpointed there; --resume continues)
+        self.stop_at = None if stop_at is None else int(stop_at)
         self.step = 0
         self.last: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
@@ -260,12 +263,15 @@ class Trainer:
         eval_steps = set(plan.phase_ends()) | (set(plan.stage_switches()) if cfg.eval.at_stage_switch else set())
         eval_steps |= {p.start + k for p in plan.phases for k in cfg.phases[p.index].eval_at if 0 < k <= p.end - p.start}
         ckpt_steps = set(plan.phase_ends()) | set(self.save_at)
+        end = plan.total_steps if self.stop_at is None else min(self.stop_at, plan.total_steps)
+        eval_steps.add(end)
+        ckpt_steps.add(end)
 
         self._t0 = time.perf_counter()
         self.progress = Progress(plan.total_steps, self.step, enabled=self.dist.is_main and cfg.progress, desc=cfg.name)
         if self.step == 0 and cfg.eval.at_start:
             self._evaluate(0)
-        while self.step < plan.total_steps:
+        while self.step < end:
             s = self.step
             stats, lr = self._update(s)
             self.step = done_steps = s + 1
@@ -286,6 +292,9 @@ class Trainer:
         self.progress.close()
         if self.last_eval is None:
             self._evaluate(self.step)
+        if self.step < plan.total_steps:  # stopped early (stop_at): no record, the run is not finished
+            return {"name": cfg.name, "steps": self.step, "stopped_at": self.step, "total_steps": plan.total_steps,
+                    "final": {"eval": dict(self.last_eval or {})}}
         return self._finish()
 
     # -- one update -------------------------------------------------------------------------
@@ -562,6 +571,7 @@ def train(
     out_dir: str | Path | None = None,
     callbacks: Sequence[Callable[[Trainer], None]] = (),
     progress: bool | None = None,
+    stop_at: int | None = None,
 ) -> dict[str, Any]:
     """Train one run and return its record (the content of ``out_dir/record.json``).
 
@@ -576,7 +586,10 @@ def train(
         out_dir: overrides ``cfg.out_dir``.
         callbacks: ``f(trainer)`` after every update.
         progress: overrides ``cfg.progress`` (the progress bar).
+        stop_at: stop after this many updates, evaluated and checkpointed there, and return
+            ``{"stopped_at", "final": {"eval"}}`` without finishing the run (``resume`` goes on).
     """
     if progress is not None:
         cfg = cfg.model_copy(update={"progress": bool(progress)})
-    return Trainer(cfg, out_dir=out_dir, resume=resume, init_from=init_from, save_at=save_at, callbacks=callbacks).run()
+    return Trainer(cfg, out_dir=out_dir, resume=resume, init_from=init_from, save_at=save_at, callbacks=callbacks,
+                   stop_at=stop_at).run()
