@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +102,10 @@ class StudyConfig(_Frozen):
     reference: ReferenceGrid | None = ReferenceGrid()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    replay_search: bool = Field(
+        False, description="Replay the replay-fraction search (replaytune.search) on the fine-tuning grid: the runs "
+        "are also evaluated at the search's rungs, and results.json reports per seed what the search chose, at what "
+        "share of the grid's steps, next to the grid's best.")
     switch_evals: list[int] = Field(
         [], description="Extra held-out evaluations at these offsets from the switch to target data (e.g. -32, 8, 64), "
         "in the first seed's fine-tuning and mid-training runs: the loss spike the paper's 'distribution shift' "
@@ -191,6 +196,11 @@ def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float
                       "target": study.target_name, "generic": study.generic_name},
          "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed},
     ]
+    if study.replay_search and x == study.target_batches:  # method runs, not references
+        from replaytune.search import FRACTIONS, Candidate, rung_step
+
+        cand = Candidate(rho, lr, plan.steps)
+        d["phases"][1]["eval_at"] = sorted({rung_step(cand, f) for f in FRACTIONS})
     if dense:
         # the first seed's curves are the ones plotted: evaluate 4 times in the fine-tuning phase
         # (the over-fitting curve across epochs), and at the study's offsets from the switch:
@@ -198,7 +208,8 @@ def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float
         d["phases"][1]["eval_interval"] = max(1, plan.steps // 4)
         P = N - plan.steps
         d["phases"][0]["eval_at"] = sorted(P + o for o in study.switch_evals if -P < o < 0)
-        d["phases"][1]["eval_at"] = sorted(o for o in study.switch_evals if 0 < o <= plan.steps)
+        d["phases"][1]["eval_at"] = sorted(set(d["phases"][1].get("eval_at", []))
+                                           | {o for o in study.switch_evals if 0 < o <= plan.steps})
     return validate(d, f"study run {name}")
 
 
@@ -304,7 +315,48 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
     family = study.reference.family if study.reference is not None else "uniform"
     results["meta"]["reference_family"] = family
     results.update(analyse(rows, family, level=study.reference.level if study.reference is not None else eff.LEVEL))
+    if study.replay_search and study.finetune is not None:
+        results["replay_search"] = replay_search(study, labelled, out_dir, results.get("noise", {}))
     return results
+
+
+def replay_search(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out_dir: Path,
+                  noise: dict[str, Any]) -> dict[str, Any]:
+    """What ``--replay-fraction auto`` would have chosen on each seed's fine-tuning grid, and at what cost.
+
+    The grid's runs were also evaluated at the search's rungs (``replay_search: true``), and an
+    evaluation does not change training, so reading a candidate's held-out loss at a rung from
+    its metrics is exactly what the search measures there; the steps it would have computed are
+    counted in the fine-tuning phase (the shared pre-training is not part of the choice).
+    """
+    from replaytune.search import Candidate, Outcome, successive_halving
+    from replaytune.train.metrics import read_metrics
+
+    ft = [(lab, d) for lab, d in labelled if lab["setting"] == "finetune" and not lab.get("reference")]
+    target = study.target_name
+    finals: dict[tuple[float, float], list[float]] = {}
+    evals: dict[tuple[float, float, int], dict[int, float]] = {}
+    lengths: dict[tuple[float, float], int] = {}
+    for lab, d in ft:
+        start = int(lab["switch_step"])
+        rec = rundir.read_record(d)
+        key = (lab["rho"], lab["lr"])
+        lengths[key] = int(rec["steps"]) - start
+        evals[(*key, lab["seed"])] = {m["step"] - start: m["eval"].get(target) for m in read_metrics(d)
+                                      if m["kind"] == "eval" and m["step"] >= start}
+        finals.setdefault(key, []).append(_final(rec, target))
+    mean = {k: statistics.fmean(v) for k, v in finals.items() if all(x is not None for x in v)}
+    best = min(mean, key=lambda k: mean[k])
+    std = (noise.get("finetune") or {}).get("target")
+    out = []
+    for seed in study.seeds:
+        cands = [Candidate(rho, lr, lengths[(rho, lr)]) for rho in study.finetune.replay for lr in study.finetune.lrs]
+        res = successive_halving(cands, lambda c, step, seed=seed: Outcome(evals[(c.rho, c.lr, seed)][step]))
+        k = (res.chosen.candidate.rho, res.chosen.candidate.lr)
+        out.append({"seed": seed, "chosen_rho": k[0], "chosen_lr": k[1], "chosen_mean_loss": mean[k],
+                    "within_std": None if std is None else mean[k] - mean[best] <= std,
+                    "steps_computed": res.steps_computed, "steps_grid": res.steps_grid})
+    return {"grid_best": {"rho": best[0], "lr": best[1], "mean_loss": mean[best]}, "seed_std": std, "per_seed": out}
 
 
 def analyse(rows: list[dict[str, Any]], family: str = "uniform", *, resamples: int = eff.RESAMPLES,

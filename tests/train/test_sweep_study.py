@@ -158,3 +158,21 @@ def test_a_study_with_a_bad_store_writes_nothing(stores, tmp_path):
     with pytest.raises(ReplaytuneError, match="nope"):
         study.run_study(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_study_auto_reports_the_search_choice_next_to_the_grid(stores, tmp_path):
+    cfg = _study(stores, midtrain=None, reference=None, replay_search=True,
+                 finetune={"epochs": 8, "replay": [0.0, 0.5, 0.75], "lrs": [1e-3]})
+    runs = {c.name: c for _, c in study.build_runs(cfg)}
+    assert runs["ft_rho0.5_lr0.001_s1"].phases[1].eval_at == [2, 4, 8, 16]  # the rungs of a 16-step phase
+    res = study.run_study(cfg, tmp_path / "out")["replay_search"]
+    finals = {}
+    for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]:
+        finals.setdefault(r["rho"], []).append(r["target_loss"])
+    means = {k: sum(v) / len(v) for k, v in finals.items()}
+    assert res["grid_best"]["rho"] == min(means, key=means.get)
+    assert [p["seed"] for p in res["per_seed"]] == [0, 1]
+    for p in res["per_seed"]:
+        assert p["chosen_rho"] in (0.0, 0.5, 0.75) and p["chosen_mean_loss"] == pytest.approx(means[p["chosen_rho"]])
+        assert p["steps_grid"] == 8 + 16 + 32 and p["steps_computed"] < p["steps_grid"]
+        assert p["within_std"] in (True, False)

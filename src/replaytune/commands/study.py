@@ -8,7 +8,7 @@ import argparse
 def _run(args) -> int:
     from replaytune import report, study
 
-    cfg = study.load_study(args.config, args.set, preset=args.preset)
+    cfg = study.load_study(args.config, args.set + (["replay_search=true"] if args.auto else []), preset=args.preset)
     results = study.run_study(cfg, args.out, share_prefixes=not args.no_share, workers=args.workers)
     written = report.build_report(args.out)
     m = results["multipliers"]
@@ -34,4 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="study-out", help="output directory (default: study-out)")
     p.add_argument("--workers", type=int, default=1, help="runs at once in separate processes, one thread each")
     p.add_argument("--no-share", action="store_true", help="do not share common prefixes between runs")
+    p.add_argument("--auto", action="store_true",
+                   help="also run the replay-fraction search (finetune --replay-fraction auto) on the fine-tuning grid "
+                        "and report its choice per seed next to the grid's best")
     p.set_defaults(func=_run)
