@@ -224,9 +224,17 @@ def _midtrain_run(study: StudyConfig, name: str, x: float, rho: float, alpha: fl
                     "two_stage": {"gamma": x * E / study.steps, "replay": rho, "alpha": alpha,
                                   "target": study.target_name, "generic": study.generic_name},
                     "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
+    switch = sched.two_stage(study.steps, x * E / study.steps, rho, alpha).switch_step
+    at: set[int] = set()
+    if study.replay_search and alpha == 1.0 and epochs is None:  # the search's rungs, as fractions of Stage 2
+        from replaytune.search import FRACTIONS, Candidate, rung_step
+
+        cand = Candidate(rho, None, study.steps - switch)
+        at |= {switch + rung_step(cand, f) for f in FRACTIONS}
     if dense:
-        switch = sched.two_stage(study.steps, x * E / study.steps, rho, alpha).switch_step
-        d["phases"][0]["eval_at"] = sorted(switch + o for o in study.switch_evals if 0 < switch + o <= study.steps)
+        at |= {switch + o for o in study.switch_evals if 0 < switch + o <= study.steps}
+    if at:
+        d["phases"][0]["eval_at"] = sorted(at)
     return validate(d, f"study run {name}")
 
 
@@ -315,24 +323,30 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
     family = study.reference.family if study.reference is not None else "uniform"
     results["meta"]["reference_family"] = family
     results.update(analyse(rows, family, level=study.reference.level if study.reference is not None else eff.LEVEL))
-    if study.replay_search and study.finetune is not None:
-        results["replay_search"] = replay_search(study, labelled, out_dir, results.get("noise", {}))
+    if study.replay_search:
+        results["replay_search"] = {s: replay_search(study, labelled, s, results.get("noise", {}))
+                                    for s in ("finetune", "midtrain") if getattr(study, s) is not None}
     return results
 
 
-def replay_search(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out_dir: Path,
+def replay_search(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], setting: str,
                   noise: dict[str, Any]) -> dict[str, Any]:
-    """What ``--replay-fraction auto`` would have chosen on each seed's fine-tuning grid, and at what cost.
+    """What ``--replay-fraction auto`` would have chosen on each seed's grid of ``setting``, and at what cost.
+
+    Fine-tuning: candidates rho x LR, each judged at fractions of its fine-tuning phase.
+    Mid-training: candidates rho at alpha = 1 (they share Stage 1), each judged at fractions of
+    its Stage 2, the part where they differ.
 
     The grid's runs were also evaluated at the search's rungs (``replay_search: true``), and an
     evaluation does not change training, so reading a candidate's held-out loss at a rung from
     its metrics is exactly what the search measures there; the steps it would have computed are
-    counted in the fine-tuning phase (the shared pre-training is not part of the choice).
+    counted from the switch (the shared pre-training or Stage 1 is not part of the choice).
     """
     from replaytune.search import Candidate, Outcome, successive_halving
     from replaytune.train.metrics import read_metrics
 
-    ft = [(lab, d) for lab, d in labelled if lab["setting"] == "finetune" and not lab.get("reference")]
+    ft = [(lab, d) for lab, d in labelled if lab["setting"] == setting and not lab.get("reference")
+          and (setting == "finetune" or lab["alpha"] == 1.0)]
     target = study.target_name
     finals: dict[tuple[float, float], list[float]] = {}
     evals: dict[tuple[float, float, int], dict[int, float]] = {}
@@ -347,10 +361,10 @@ def replay_search(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]
         finals.setdefault(key, []).append(_final(rec, target))
     mean = {k: statistics.fmean(v) for k, v in finals.items() if all(x is not None for x in v)}
     best = min(mean, key=lambda k: mean[k])
-    std = (noise.get("finetune") or {}).get("target")
+    std = (noise.get(setting) or {}).get("target")
     out = []
-    for seed in study.seeds:
-        cands = [Candidate(rho, lr, lengths[(rho, lr)]) for rho in study.finetune.replay for lr in study.finetune.lrs]
+    for seed in sorted({lab["seed"] for lab, _ in ft}):
+        cands = [Candidate(rho, lr, lengths[(rho, lr)]) for rho, lr in dict.fromkeys(k[:2] for k in evals if k[2] == seed)]
         res = successive_halving(cands, lambda c, step, seed=seed: Outcome(evals[(c.rho, c.lr, seed)][step]))
         k = (res.chosen.candidate.rho, res.chosen.candidate.lr)
         out.append({"seed": seed, "chosen_rho": k[0], "chosen_lr": k[1], "chosen_mean_loss": mean[k],

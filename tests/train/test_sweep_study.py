@@ -165,7 +165,7 @@ def test_study_auto_reports_the_search_choice_next_to_the_grid(stores, tmp_path)
                  finetune={"epochs": 8, "replay": [0.0, 0.5, 0.75], "lrs": [1e-3]})
     runs = {c.name: c for _, c in study.build_runs(cfg)}
     assert runs["ft_rho0.5_lr0.001_s1"].phases[1].eval_at == [2, 4, 8, 16]  # the rungs of a 16-step phase
-    res = study.run_study(cfg, tmp_path / "out")["replay_search"]
+    res = study.run_study(cfg, tmp_path / "out")["replay_search"]["finetune"]
     finals = {}
     for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]:
         finals.setdefault(r["rho"], []).append(r["target_loss"])
@@ -176,3 +176,13 @@ def test_study_auto_reports_the_search_choice_next_to_the_grid(stores, tmp_path)
         assert p["chosen_rho"] in (0.0, 0.5, 0.75) and p["chosen_mean_loss"] == pytest.approx(means[p["chosen_rho"]])
         assert p["steps_grid"] == 8 + 16 + 32 and p["steps_computed"] < p["steps_grid"]
         assert p["within_std"] in (True, False)
+
+
+def test_study_auto_covers_mid_training_over_stage_2(stores, tmp_path):
+    cfg = _study(stores, finetune=None, reference=None, replay_search=True,
+                 midtrain={"epochs": 4, "replay": [0.0, 0.5], "alpha": [1.0], "lr": 3e-3})
+    runs = {c.name: c for _, c in study.build_runs(cfg)}
+    assert runs["mt_rho0.5_alpha1_s0"].phases[0].eval_at == [33, 34, 36, 40]  # Stage 2 = steps 32..40
+    res = study.run_study(cfg, tmp_path / "out")["replay_search"]
+    assert set(res) == {"midtrain"} and len(res["midtrain"]["per_seed"]) == 2
+    assert all(p["steps_grid"] == 4 + 8 and p["chosen_lr"] == 3e-3 for p in res["midtrain"]["per_seed"])
