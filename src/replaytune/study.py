@@ -102,6 +102,7 @@ class StudyConfig(_Frozen):
     reference: ReferenceGrid | None = ReferenceGrid()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    report_to: list[Literal["none", "tensorboard"]] = Field(default_factory=list, description="Trackers every run logs to.")
     replay_search: bool = Field(
         False, description="Replay the replay-fraction search (replaytune.search) on the fine-tuning grid: the runs "
         "are also evaluated at the search's rungs, and results.json reports per seed what the search chose, at what "
@@ -133,6 +134,7 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
         },
         "optim": study.optim.model_dump(mode="json"),
         "eval": study.eval.model_dump(mode="json"),
+        **({"report_to": list(study.report_to)} if study.report_to else {}),
     }
 
 

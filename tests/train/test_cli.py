@@ -53,3 +53,25 @@ def test_help_describes_the_command(capsys):
         cli.main(["train", "--help"])
     text = capsys.readouterr().out
     assert "--resume" in text and "--set KEY=VALUE" in text and "torchrun" in text
+
+
+def test_report_to_tensorboard_logs_losses_mixture_and_config(stores, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from replaytune.cli import main
+    from replaytune.train import read_metrics
+
+    from .helpers import dump_config, tiny_config
+
+    cfg_path = dump_config(tiny_config(stores, tmp_path / "run"), tmp_path / "cfg.json")
+    assert main(["train", str(cfg_path), "--report-to", "tensorboard"]) == 0
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "eval/target", "eval/generic", "mix/generic"} <= tags
+    evals = [m for m in read_metrics(tmp_path / "run") if m["kind"] == "eval"]
+    logged = {e.step: e.value for e in acc.Scalars("eval/target")}
+    assert logged == pytest.approx({m["step"]: m["eval"]["target"] for m in evals}, rel=1e-6)
+    assert any(0.4 <= e.value <= 0.6 for e in acc.Scalars("mix/generic"))  # fine-tuning at rho = 0.5
+    assert "config/text_summary" in acc.Tags()["tensors"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from replaytune.commands import report_to
+
 DESCRIPTION = """\
 Fine-tune a pretrained Hugging Face model on a small target set while replaying generic data
 inside every batch (Kotha & Liang 2026). Replay is one flag:
@@ -94,6 +96,7 @@ def register(subparsers) -> None:
       help="tokenize the sources, print the plan, and stop (before a multi-GPU launch)")
     a("--resume", action="store_true", help="continue an unfinished fine-tune in OUT (or print a finished one's report)")
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
+    a("--report-to", type=report_to, metavar="none|tensorboard", help="also log to these trackers (Transformers' name)")
     p.set_defaults(func=run)
 
 
@@ -157,7 +160,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "eval_limit": args.eval_limit, "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "output": args.output,
         "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "parallel": args.parallel,
-        "overrides": args.overrides, "progress": args.progress,
+        "overrides": args.overrides, "progress": args.progress, "report_to": args.report_to,
     }
     return values
 

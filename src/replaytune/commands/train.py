@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from replaytune.commands import report_override, report_to
+
 DESCRIPTION = """\
 Train one run: a model and a list of phases (steps, mixture schedule, LR schedule,
 optimizer reset), as described by CONFIG.yaml (see examples/). Writes OUT/config.yaml,
@@ -29,6 +31,7 @@ def register(subparsers: Any) -> None:
         help="override a config field, e.g. --set phases.0.lr.peak=1e-3 (repeatable; VALUE is YAML)",
     )
     p.add_argument("--out", metavar="DIR", help="run directory (default: the config's out_dir)")
+    p.add_argument("--report-to", type=report_to, metavar="none|tensorboard", help="also log to these trackers")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
     p.add_argument(
         "--init-from", metavar="CHECKPOINT",
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from replaytune import config
     from replaytune.train import train
 
-    cfg = config.load(args.config, args.overrides)
+    cfg = config.load(args.config, args.overrides + report_override(args))
     record = train(cfg, resume=args.resume, init_from=args.init_from, save_at=_steps(args.save_at), out_dir=args.out)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 speaks for all

@@ -124,6 +124,7 @@ class FinetuneConfig(Frozen):
     parallel: Literal["ddp", "fsdp"] = "ddp"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for the underlying run config (--set).")
+    report_to: list[Literal["none", "tensorboard"]] = Field(default_factory=list, description="Trackers to log to.")
     progress: bool = True
 
     @field_validator("lora", mode="before")

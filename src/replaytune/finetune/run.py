@@ -205,6 +205,7 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Pa
         "eval": {"sequences": cfg.eval_sequences, "interval": cfg.eval_interval, "at_start": True},  # step 0 = the base model
         "checkpoint": {"interval": cfg.checkpoint_every, "keep": 1},
         "device": cfg.device, "dtype": cfg.dtype, "parallel": cfg.parallel, "progress": cfg.progress,
+        "report_to": list(cfg.report_to),
     }
     return rconfig.validate(rconfig.apply_overrides(data, cfg.overrides), "finetune run config")
 

@@ -234,7 +234,8 @@ class Trainer:
     def _open_records(self, source: ck.Checkpoint | None, branch: bool) -> None:
         """config.yaml and metrics.jsonl: fresh, cut back to the checkpoint, or a branch's prefix."""
         dist = self.dist
-        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=self.cfg.tensorboard)
+        tb = self.cfg.tensorboard or "tensorboard" in self.cfg.report_to
+        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=tb, config_text=dump_yaml(self.cfg))
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG, dump_yaml(self.cfg))

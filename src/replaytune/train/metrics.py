@@ -60,19 +60,22 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 class MetricsLog:
     """Appends metrics lines (rank 0); knows its byte offset for checkpoints."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = False, config_text: str | None = None):
         self.path = Path(run_dir) / METRICS
         self.enabled = enabled
         self._f = None
         self._tb = None
+        self._tokens: dict[str, int] | None = None  # cumulative tokens per source at the last train line
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ConfigError(
-                    "tensorboard: true needs the tensorboard package: pip install 'replaytune[tensorboard]'"
+                    "report_to: tensorboard needs the tensorboard package: pip install 'replaytune[tensorboard]'"
                 ) from None
             self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            if config_text:
+                self._tb.add_text("config", "```yaml\n" + config_text + "\n```", 0)
 
     def open(self, *, truncate_to: int | None = None, prefix: bytes = b"") -> list[str]:
         """Start the file: fresh (with ``prefix``), or cut back to ``truncate_to`` bytes.
@@ -116,6 +119,14 @@ class MetricsLog:
             for src, v in rec["train_loss"].items():
                 if v is not None:
                     self._tb.add_scalar(f"train_loss/{src}", v, step)
+            tokens = rec.get("tokens") or {}
+            if self._tokens is not None:  # the mixture over the logged interval: each source's share of tokens
+                delta = {s: n - self._tokens.get(s, 0) for s, n in tokens.items()}
+                total = sum(delta.values())
+                for src, n in delta.items():
+                    if total > 0:
+                        self._tb.add_scalar(f"mix/{src}", n / total, step)
+            self._tokens = dict(tokens)
         else:
             for src, v in rec["eval"].items():
                 if v is not None:
