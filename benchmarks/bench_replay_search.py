@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from replaytune import config, rundir, sweep
-from replaytune.search import FRACTIONS, Candidate, Outcome, rung_step, successive_halving
+from replaytune.search import Candidate, Outcome, rung_steps, successive_halving
 from replaytune.schedule import finetune as finetune_schedule
 from replaytune.train import read_metrics, train
 
@@ -48,7 +48,7 @@ def pretrain_config(demo: Path, out: Path) -> config.RunConfig:
 def finetune_config(demo: Path, out: Path, target: str, rho: float, seed: int) -> tuple[config.RunConfig, Candidate]:
     steps = finetune_schedule(1, EPOCHS, rho).steps
     cand = Candidate(rho, None, steps)
-    rungs = sorted({rung_step(cand, f) for f in FRACTIONS})
+    rungs = rung_steps(steps)
     cfg = config.validate({
         "name": f"{target}_{cand.key}_s{seed}", "out_dir": str(out / "grid"),
         "model": {"pretrained": str(out / "pretrain" / rundir.MODEL)},

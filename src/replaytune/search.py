@@ -124,6 +124,12 @@ def rung_step(candidate: Candidate, fraction: float) -> int:
     return candidate.steps if fraction >= 1 else max(1, min(candidate.steps, math.ceil(fraction * candidate.steps)))
 
 
+def rung_steps(steps: int, fractions: Sequence[float] = FRACTIONS) -> list[int]:
+    """The steps at which a run of ``steps`` steps is evaluated by the search (ascending)."""
+    cand = Candidate(0.0, None, steps)
+    return sorted({rung_step(cand, f) for f in fractions})
+
+
 def successive_halving(
     candidates: Sequence[Candidate],
     run_to: Callable[[Candidate, int], Outcome],

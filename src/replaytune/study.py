@@ -199,10 +199,9 @@ def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float
          "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed},
     ]
     if study.replay_search and x == study.target_batches:  # method runs, not references
-        from replaytune.search import FRACTIONS, Candidate, rung_step
+        from replaytune.search import rung_steps
 
-        cand = Candidate(rho, lr, plan.steps)
-        d["phases"][1]["eval_at"] = sorted({rung_step(cand, f) for f in FRACTIONS})
+        d["phases"][1]["eval_at"] = rung_steps(plan.steps)
     if dense:
         # the first seed's curves are the ones plotted: evaluate 4 times in the fine-tuning phase
         # (the over-fitting curve across epochs), and at the study's offsets from the switch:
@@ -229,10 +228,9 @@ def _midtrain_run(study: StudyConfig, name: str, x: float, rho: float, alpha: fl
     switch = sched.two_stage(study.steps, x * E / study.steps, rho, alpha).switch_step
     at: set[int] = set()
     if study.replay_search and alpha == 1.0 and epochs is None:  # the search's rungs, as fractions of Stage 2
-        from replaytune.search import FRACTIONS, Candidate, rung_step
+        from replaytune.search import rung_steps
 
-        cand = Candidate(rho, None, study.steps - switch)
-        at |= {switch + rung_step(cand, f) for f in FRACTIONS}
+        at |= {switch + k for k in rung_steps(study.steps - switch)}
     if dense:
         at |= {switch + o for o in study.switch_evals if 0 < switch + o <= study.steps}
     if at:

@@ -82,10 +82,14 @@ def block_inputs(split: TokenSplit, ids: np.ndarray, seq_len: int, eos: int | No
     a document run alone has no prediction for its first token either.
     """
     x, y = make_inputs(split, ids, seq_len)
-    if eos is None:
-        return x, y, None
+    return x, y, (None if eos is None else separate_documents(x, y, eos))
+
+
+def separate_documents(x: np.ndarray, y: np.ndarray, eos: int) -> np.ndarray:
+    """Block document attention for inputs ``x`` and targets ``y`` (changed in place): no target
+    after an EOS input; returns the position ids (:func:`document_positions`)."""
     y[x == eos] = IGNORE
-    return x, y, document_positions(x, eos)
+    return document_positions(x, eos)
 
 
 def sequence_losses(logits, targets):

@@ -47,12 +47,13 @@ from replaytune.train.distributed import autocast, full_state_dict, resolve_prec
 from replaytune.train.evaluation import (
     IGNORE,
     auto_interval,
-    document_positions,
     eval_set,
     evaluate,
     make_inputs,
+    separate_documents,
     sequence_losses,
 )
+from replaytune import rundir
 from replaytune.rundir import CONFIG, METRICS, RECORD, RunLock, RunLocked
 from replaytune.train.metrics import MetricsLog, Progress, atomic_write_json, atomic_write_text, clean, prefix_lines
 from replaytune.train.optim import make_optimizer
@@ -127,7 +128,7 @@ class Trainer:
         if self.resume:
             if record.is_file():
                 return ("done", json.loads(record.read_text()))  # finished: nothing left to do
-            if not ck.list_checkpoints(self.run_dir):
+            if not rundir.is_resumable(self.run_dir):
                 # "resume if possible" (what a sweep executor wants): start from step 0 or the branch point
                 start = f"from {self.init_from}" if self.init_from is not None else "from step 0"
                 warnings.warn(f"--resume: no checkpoint in {self.run_dir}; starting the run {start}")
@@ -235,10 +236,11 @@ class Trainer:
         """config.yaml and metrics.jsonl: fresh, cut back to the checkpoint, or a branch's prefix."""
         dist = self.dist
         tb = self.cfg.tensorboard or "tensorboard" in self.cfg.report_to
-        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=tb, config_text=dump_yaml(self.cfg))
+        text = dump_yaml(self.cfg)
+        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=tb, config_text=text)
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG, dump_yaml(self.cfg))
+            atomic_write_text(self.run_dir / CONFIG, text)
             if source is not None and not branch:
                 for w in self.metrics.open(truncate_to=source.state["metrics_offset"]):
                     warnings.warn(w)
@@ -308,10 +310,7 @@ class Trainer:
             sel = src == j
             name = self.plan.sources[j]
             x[sel], y[sel] = make_inputs(self.stores[name].train, ids[sel] + self.plan.first[name], L)
-        if not self.plan.block:
-            return x, y, None
-        y[x == self.plan.eos_id] = IGNORE  # no prediction across a document boundary
-        return x, y, document_positions(x, self.plan.eos_id)
+        return x, y, (separate_documents(x, y, self.plan.eos_id) if self.plan.block else None)
 
     def _update(self, s: int):
         import torch
