@@ -90,6 +90,13 @@ class ModelConfig(_Frozen):
         "sdpa", description="Attention kernel (sdpa: PyTorch scaled_dot_product_attention)."
     )
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")
+    weights_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="dtype of the frozen pretrained weights (the base under LoRA). Trainable weights and their "
+        "AdamW state stay fp32 (mixed precision). auto: bf16 for a LoRA base when the run computes in bf16, else fp32."
+    )
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: load the frozen base in 4-bit NF4 (bitsandbytes, CUDA only) and train LoRA adapters."
+    )
 
     @field_validator("preset")
     @classmethod
@@ -104,6 +111,11 @@ class ModelConfig(_Frozen):
             raise ValueError("set exactly one of model.preset or model.pretrained")
         if self.gguf_file is not None and self.pretrained is None:
             raise ValueError("model.gguf_file needs model.pretrained (the folder or repo holding it)")
+        if self.load_in_4bit and (self.pretrained is None or self.lora is None):
+            raise ValueError("model.load_in_4bit (QLoRA) trains LoRA adapters on a pretrained base: set model.pretrained "
+                             "and model.lora (finetune: --lora)")
+        if self.weights_dtype == "bf16" and self.pretrained is None:
+            raise ValueError("model.weights_dtype bf16 applies to pretrained weights; a from-scratch model trains in fp32")
         return self
 
 

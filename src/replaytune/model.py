@@ -114,8 +114,76 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text and Path(head).expanduser().is_dir()
 
 
-def load_pretrained(spec: ModelConfig):
-    """``AutoModelForCausalLM.from_pretrained`` from a local folder or a hub id, in fp32."""
+def frozen_dtype(spec: ModelConfig, precision: str, parallel: str = "ddp") -> str:
+    """``fp32`` or ``bf16``: the dtype the frozen pretrained weights are kept in.
+
+    Trainable weights stay fp32 whatever this says: AdamW's update of a bf16 weight loses
+    every change under its 8-bit mantissa's resolution, so mixed precision keeps fp32 master
+    weights and computes in bf16 (autocast). Only weights that never change (the base under
+    LoRA) can live in bf16, halving their memory: 16 GB instead of 32 for an 8B base.
+    """
+    if spec.pretrained is None:
+        return "fp32"
+    want = spec.weights_dtype
+    if spec.load_in_4bit:
+        want = "bf16"  # the layers bitsandbytes leaves unquantized, and the compute dtype
+    if want == "bf16" and precision != "bf16":
+        raise ConfigError(
+            "model.weights_dtype bf16 (or load_in_4bit) needs bf16 compute: set dtype: bf16 (finetune: --dtype bf16); "
+            "on CPU bf16 is slow and fp32 is the default"
+        )
+    if want == "bf16" and parallel == "fsdp" and spec.lora is not None:
+        raise ConfigError(
+            "model.weights_dtype bf16 with LoRA under parallel: fsdp: FSDP shards a bf16 base and fp32 adapters in one "
+            "group, which it cannot; use weights_dtype fp32 (the shards already divide the memory) or parallel: ddp"
+        )
+    if want == "auto":
+        return "bf16" if precision == "bf16" and spec.lora is not None and parallel != "fsdp" else "fp32"
+    return want
+
+
+def check_4bit(device: str | None) -> None:
+    """A 4-bit base (QLoRA) can load here, or one line says why not (before any work is done)."""
+    if device is None or not str(device).startswith("cuda"):
+        raise ConfigError(
+            f"model.load_in_4bit (--load-in-4bit, QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run on "
+            f"this run's device ({device or 'cpu'}); drop --load-in-4bit, or use LoRA with --dtype bf16 for a base "
+            f"at half the fp32 memory"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("model.load_in_4bit needs bitsandbytes: pip install 'replaytune[qlora]'") from None
+
+
+def _quantization(spec: ModelConfig, device: str | None) -> dict[str, Any]:
+    """from_pretrained arguments of a 4-bit NF4 base (QLoRA), or a clear refusal."""
+    if not spec.load_in_4bit:
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    check_4bit(device)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    return {"quantization_config": config, "device_map": {"": torch.device(device)}}
+
+
+def is_quantized(model) -> bool:
+    """Whether bitsandbytes holds some weights packed (such a model cannot be moved or cast)."""
+    return any(type(p).__name__ == "Params4bit" for p in model.parameters())
+
+
+def load_pretrained(spec: ModelConfig, *, dtype: str = "fp32", device: str | None = None):
+    """``AutoModelForCausalLM.from_pretrained`` from a local folder or a hub id.
+
+    Weights in ``dtype`` (fp32 or bf16; see ``frozen_dtype``), on the CPU, except for a 4-bit
+    base (``load_in_4bit``), which bitsandbytes places on ``device``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -124,7 +192,11 @@ def load_pretrained(spec: ModelConfig):
     if not local.exists() and _looks_like_path(name):
         raise DataError(f"model.pretrained: no such directory {name!r}; give a saved model folder or a hub id")
     source = str(local) if local.exists() else name
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": spec.attn_implementation}
+    kwargs: dict[str, Any] = {
+        "dtype": torch.bfloat16 if dtype == "bf16" else torch.float32,
+        "attn_implementation": spec.attn_implementation,
+        **_quantization(spec, device),
+    }
     if spec.gguf_file:
         kwargs["gguf_file"] = spec.gguf_file
         try:  # unpack the GGUF blocks into dense fp32 weights: trainable, and savable with save_pretrained
@@ -176,8 +248,15 @@ def check_vocab(model, vocab_size: int, where: str = "the token stores") -> None
         )
 
 
-def build_model(spec: ModelConfig, *, vocab_size: int, seq_len: int, eos_id: int | None = None):
-    """A fresh preset model (deterministic in ``spec.init_seed``) or a pretrained one, fp32, on CPU.
+def build_model(
+    spec: ModelConfig, *, vocab_size: int, seq_len: int, eos_id: int | None = None,
+    precision: str = "fp32", parallel: str = "ddp", device: str | None = None,
+):
+    """A fresh preset model (deterministic in ``spec.init_seed``) or a pretrained one, on CPU.
+
+    Trainable weights are fp32; frozen pretrained weights are in ``frozen_dtype(spec,
+    precision, parallel)`` (bf16 for a LoRA base computed in bf16), or 4-bit on ``device``
+    (QLoRA).
 
     Initialization runs under a forked RNG seeded by ``init_seed``, so building the model
     neither depends on nor disturbs the global RNG streams (data order never uses them).
@@ -186,7 +265,12 @@ def build_model(spec: ModelConfig, *, vocab_size: int, seq_len: int, eos_id: int
     from transformers import LlamaForCausalLM
 
     if spec.pretrained is not None:
-        model = load_pretrained(spec)
+        model = load_pretrained(spec, dtype=frozen_dtype(spec, precision, parallel), device=device)
+        if spec.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            # norms, embeddings and head to fp32, input gradients on (for activation checkpointing)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         config = preset_config(
             str(spec.preset),
@@ -202,6 +286,9 @@ def build_model(spec: ModelConfig, *, vocab_size: int, seq_len: int, eos_id: int
     check_vocab(model, vocab_size)
     if spec.lora is not None:
         model = apply_lora(model, spec)
+    for p in model.parameters():  # fp32 master weights for whatever trains (mixed precision)
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
     return model
 
 

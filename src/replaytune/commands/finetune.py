@@ -88,7 +88,9 @@ def register(subparsers) -> None:
     a("--name", help="run name")
     a("--seed", type=int, help="data and init seed (default 0)")
     a("--device", choices=["auto", "cpu", "cuda"])
-    a("--dtype", choices=["auto", "fp32", "bf16"], help="auto: bf16 autocast on GPU, fp32 on CPU")
+    a("--dtype", choices=["auto", "fp32", "bf16"], help="compute precision; auto: bf16 autocast on GPU, fp32 on CPU")
+    a("--weights-dtype", choices=["auto", "fp32", "bf16"], help="frozen base weights under LoRA (auto: bf16 when computing in bf16); trainable weights stay fp32")
+    a("--load-in-4bit", "--load_in_4bit", dest="load_in_4bit", action="store_true", default=None, help="QLoRA: 4-bit NF4 base (bitsandbytes, CUDA only; with --lora)")
     a("--parallel", choices=["ddp", "fsdp"], help="under torchrun: replicate (ddp) or shard (fsdp) the model")
     a("--set", dest="overrides", action="append", metavar="KEY=VALUE",
       help="override a field of the underlying run config, e.g. --set optim.beta2=0.99 (repeatable)")
@@ -159,7 +161,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "eval_tasks": [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None,
         "eval_limit": args.eval_limit, "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "output": args.output,
-        "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "parallel": args.parallel,
+        "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "weights_dtype": args.weights_dtype, "load_in_4bit": args.load_in_4bit, "parallel": args.parallel,
         "overrides": args.overrides, "progress": args.progress, "report_to": args.report_to,
     }
     return values

@@ -120,7 +120,11 @@ class FinetuneConfig(Frozen):
     name: str = "finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="Compute precision: auto is bf16 autocast on GPU, fp32 on CPU.")
+    weights_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Frozen base weights (LoRA): auto is bf16 when computing in bf16. Trainable weights stay fp32."
+    )
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit NF4 base through bitsandbytes (CUDA only; needs lora).")
     parallel: Literal["ddp", "fsdp"] = "ddp"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for the underlying run config (--set).")
@@ -146,6 +150,8 @@ class FinetuneConfig(Frozen):
             raise ValueError(f"replay_fraction must be in [0, 1) or 'auto', got {self.replay_fraction}")
         elif self.replay is None and (self.replay_fraction or 0) > 0:
             raise ValueError(f"replay_fraction {self.replay_fraction} needs a replay source (--replay)")
+        if self.load_in_4bit and self.lora is None:
+            raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters on the 4-bit base: add --lora")
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             object.__setattr__(self, "micro_batch_size", self.batch_size)
         return self

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -45,8 +46,12 @@ from replaytune.train.metrics import atomic_write_json
 
 def check_model(cfg: FinetuneConfig) -> None:
     """A model path that cannot be a model fails here, before any data is tokenized."""
-    from replaytune.model import _looks_like_path
+    from replaytune.model import _looks_like_path, check_4bit
 
+    if cfg.load_in_4bit:
+        from replaytune.train.distributed import resolve_device
+
+        check_4bit(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))))
     local = Path(cfg.model).expanduser()
     if not local.exists():
         if _looks_like_path(cfg.model):
@@ -191,6 +196,7 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Pa
             "pretrained": cfg.model, "gguf_file": cfg.gguf_file, "attn_implementation": cfg.attn_implementation,
             "tokenizer": str(tokenizer_dir) if tokenizer_dir else None,
             "lora": cfg.lora.model_dump() if cfg.lora is not None else None,
+            "weights_dtype": cfg.weights_dtype, "load_in_4bit": cfg.load_in_4bit,
         },
         "data": {
             "sources": {role: {"store": str(p)} for role, p in stores.items()},
@@ -502,7 +508,10 @@ def _finalize_model(cfg: FinetuneConfig, run_cfg: rconfig.RunConfig, trainer: Fi
         return outputs
     if not (out / "model" / "config.json").is_file():
         model = getattr(trainer, "model", None)
-        if model is None or getattr(trainer, "sharded", False) or not hasattr(model, "merge_and_unload"):
+        from replaytune.model import is_quantized
+
+        if (model is None or getattr(trainer, "sharded", False) or not hasattr(model, "merge_and_unload")
+                or is_quantized(model)):  # a 4-bit base would round the merged weights to 4 bits: merge into bf16
             model = _load_with_adapter(run_cfg, out / "adapter")
         merged = model.merge_and_unload()  # W + (alpha / r) B A, in place
         save_model(merged, out / "model", tokenizer=tokenizer_for_save(str(out / "tokenizer")))
@@ -516,8 +525,15 @@ def _load_with_adapter(run_cfg: rconfig.RunConfig, adapter: Path):
 
     from replaytune.model import load_pretrained
 
-    base = load_pretrained(run_cfg.model.model_copy(update={"lora": None}))
-    return PeftModel.from_pretrained(base, str(adapter))
+    spec, dtype = _plain_base(run_cfg)
+    return PeftModel.from_pretrained(load_pretrained(spec, dtype=dtype), str(adapter))
+
+
+def _plain_base(run_cfg: rconfig.RunConfig) -> tuple[Any, str]:
+    """(model spec, dtype) of the base model without adapters, unquantized (bf16 if it trained in 4 bits)."""
+    spec = run_cfg.model
+    dtype = "bf16" if spec.load_in_4bit or spec.weights_dtype == "bf16" else "fp32"
+    return spec.model_copy(update={"lora": None, "load_in_4bit": False}), dtype
 
 
 def _use_cache(model_dir: Path) -> None:
@@ -556,7 +572,8 @@ def _eval_model(run_cfg: rconfig.RunConfig, out: Path | None):
 
     tok = AutoTokenizer.from_pretrained(str(Path(run_cfg.model.tokenizer)))
     if out is None:
-        return load_pretrained(run_cfg.model.model_copy(update={"lora": None})), tok
+        spec, dtype = _plain_base(run_cfg)
+        return load_pretrained(spec, dtype=dtype), tok
     if (out / "model" / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(str(out / "model")), tok
     return _load_with_adapter(run_cfg, out / "adapter").merge_and_unload(), tok

@@ -172,7 +172,13 @@ def wrap(model, dist: Dist, parallel: str, precision: str, *, compile: bool = Fa
     """
     import torch
 
-    model.to(dist.device)
+    from replaytune.model import is_quantized
+
+    if is_quantized(model):  # bitsandbytes placed it on the device already; packed weights cannot move
+        if parallel == "fsdp" and dist.enabled:
+            raise ConfigError("model.load_in_4bit (QLoRA) with parallel: fsdp is not supported; use parallel: ddp")
+    else:
+        model.to(dist.device)
     if compile:
         for layer in decoder_layers(model) or [model]:
             layer.compile()

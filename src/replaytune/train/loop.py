@@ -107,7 +107,10 @@ class Trainer:
 
     # -- hooks ----------------------------------------------------------------------------
     def build_model(self):
-        return build_model(self.cfg.model, vocab_size=self.plan.vocab_size, seq_len=self.cfg.data.seq_len, eos_id=self.plan.eos_id)
+        cfg = self.cfg
+        return build_model(cfg.model, vocab_size=self.plan.vocab_size, seq_len=cfg.data.seq_len, eos_id=self.plan.eos_id,
+                           precision=self.precision, parallel=cfg.parallel if self.dist.enabled else "ddp",
+                           device=self.dist.device)
 
     # -- entry ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
