@@ -35,6 +35,7 @@ IndexError deep in torch on CPU), so :func:`check_vocab` says it up front.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -150,10 +151,10 @@ def check_4bit(device: str | None) -> None:
             f"this run's device ({device or 'cpu'}); drop --load-in-4bit, or use LoRA with --dtype bf16 for a base "
             f"at half the fp32 memory"
         )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise ConfigError("model.load_in_4bit needs bitsandbytes: pip install 'replaytune[qlora]'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.load_in_4bit needs bitsandbytes: pip install 'replaytune[qlora]'")
 
 
 def _quantization(spec: ModelConfig, device: str | None) -> dict[str, Any]:
@@ -178,11 +179,13 @@ def is_quantized(model) -> bool:
     return any(type(p).__name__ == "Params4bit" for p in model.parameters())
 
 
-def load_pretrained(spec: ModelConfig, *, dtype: str = "fp32", device: str | None = None):
+def load_pretrained(spec: ModelConfig, *, dtype: str = "fp32", device: str | None = None, meta: bool = False):
     """``AutoModelForCausalLM.from_pretrained`` from a local folder or a hub id.
 
     Weights in ``dtype`` (fp32 or bf16; see ``frozen_dtype``), on the CPU, except for a 4-bit
-    base (``load_in_4bit``), which bitsandbytes places on ``device``.
+    base (``load_in_4bit``), which bitsandbytes places on ``device``. ``meta``: the same
+    model without weights (on the meta device, nothing read but the config), for FSDP ranks
+    that receive their shards from rank 0.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -206,13 +209,23 @@ def load_pretrained(spec: ModelConfig, *, dtype: str = "fp32", device: str | Non
         except ImportError:  # older transformers always de-quantize GGUF files
             pass
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **dict(spec.overrides))
+        if meta:
+            from transformers import AutoConfig
+
+            extra = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+            config = AutoConfig.from_pretrained(source, **extra, **dict(spec.overrides))
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(
+                    config, dtype=kwargs["dtype"], attn_implementation=spec.attn_implementation
+                )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs, **dict(spec.overrides))
     except (OSError, ValueError) as exc:
         where = "folder" if local.exists() else "hub id (offline? set a local path)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ReplaytuneError(f"model.pretrained: could not load {name!r} as a {where}: {first}") from None
     model.config.use_cache = False
-    if spec.gguf_file:
+    if spec.gguf_file and not meta:
         _forget_gguf_quantizer(model)
     return model
 
@@ -250,13 +263,13 @@ def check_vocab(model, vocab_size: int, where: str = "the token stores") -> None
 
 def build_model(
     spec: ModelConfig, *, vocab_size: int, seq_len: int, eos_id: int | None = None,
-    precision: str = "fp32", parallel: str = "ddp", device: str | None = None,
+    precision: str = "fp32", parallel: str = "ddp", device: str | None = None, meta: bool = False,
 ):
     """A fresh preset model (deterministic in ``spec.init_seed``) or a pretrained one, on CPU.
 
     Trainable weights are fp32; frozen pretrained weights are in ``frozen_dtype(spec,
     precision, parallel)`` (bf16 for a LoRA base computed in bf16), or 4-bit on ``device``
-    (QLoRA).
+    (QLoRA). ``meta``: the same model on the meta device, no weights (FSDP ranks but the first).
 
     Initialization runs under a forked RNG seeded by ``init_seed``, so building the model
     neither depends on nor disturbs the global RNG streams (data order never uses them).
@@ -265,7 +278,7 @@ def build_model(
     from transformers import LlamaForCausalLM
 
     if spec.pretrained is not None:
-        model = load_pretrained(spec, dtype=frozen_dtype(spec, precision, parallel), device=device)
+        model = load_pretrained(spec, dtype=frozen_dtype(spec, precision, parallel), device=device, meta=meta)
         if spec.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
@@ -280,7 +293,7 @@ def build_model(
             overrides=spec.overrides,
             attn_implementation=spec.attn_implementation,
         )
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device("meta") if meta else contextlib.nullcontext():
             torch.manual_seed(spec.init_seed)
             model = LlamaForCausalLM(config)
     check_vocab(model, vocab_size)

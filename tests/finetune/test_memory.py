@@ -79,11 +79,9 @@ def test_load_in_4bit_needs_lora(assets, tmp_path):
 
 
 def _bitsandbytes() -> bool:
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels)")

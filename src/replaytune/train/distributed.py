@@ -174,11 +174,12 @@ def wrap(model, dist: Dist, parallel: str, precision: str, *, compile: bool = Fa
 
     from replaytune.model import is_quantized
 
+    fsdp = parallel == "fsdp" and dist.enabled
     if is_quantized(model):  # bitsandbytes placed it on the device already; packed weights cannot move
-        if parallel == "fsdp" and dist.enabled:
+        if fsdp:
             raise ConfigError("model.load_in_4bit (QLoRA) with parallel: fsdp is not supported; use parallel: ddp")
-    else:
-        model.to(dist.device)
+    elif not fsdp:
+        model.to(dist.device)  # FSDP moves each rank's shard itself
     if compile:
         for layer in decoder_layers(model) or [model]:
             layer.compile()
@@ -190,14 +191,40 @@ def wrap(model, dist: Dist, parallel: str, precision: str, *, compile: bool = Fa
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" else MixedPrecisionPolicy()
+        full = model.state_dict() if dist.is_main else {}  # rank 0's weights (the other ranks' are on meta)
         for layer in decoder_layers(model):
             fully_shard(layer, mp_policy=mp)
         fully_shard(model, mp_policy=mp)
+        _scatter_from_rank0(model, full, dist)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [torch.device(dist.device).index] if dist.device.startswith("cuda") else None
     return DDP(model, device_ids=ids)
+
+
+def _scatter_from_rank0(model, full: dict, dist: Dist) -> None:
+    """Give every rank its shard of rank 0's weights, and rank 0's buffers.
+
+    Ranks other than 0 built the model on the meta device (``build_model(meta=True)``):
+    ``to_empty`` allocates their shards, which ``set_model_state_dict`` fills by
+    broadcasting rank 0's tensors one at a time (peak: one full tensor beyond the shards).
+    Buffers outside the state dict (rotary frequencies) are broadcast as they are.
+    """
+    import torch
+    import torch.distributed as tdist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    on_meta = torch.tensor([int(any(t.is_meta for t in (*model.parameters(), *model.buffers())))], device=dist.device)
+    tdist.all_reduce(on_meta)
+    if not on_meta.item():
+        return  # every rank built real weights (e.g. an older caller): they agree already
+    if not dist.is_main:
+        model.to_empty(device=dist.device)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buf in model.buffers():
+        tdist.broadcast(buf, src=0)  # FSDP moved rank 0's to the device; to_empty put the others
+    full.clear()
 
 
 def sync_context(wrapped, dist: Dist, parallel: str, last: bool):

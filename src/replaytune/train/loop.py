@@ -110,7 +110,7 @@ class Trainer:
         cfg = self.cfg
         return build_model(cfg.model, vocab_size=self.plan.vocab_size, seq_len=cfg.data.seq_len, eos_id=self.plan.eos_id,
                            precision=self.precision, parallel=cfg.parallel if self.dist.enabled else "ddp",
-                           device=self.dist.device)
+                           device=self.dist.device, meta=self.sharded and not self.dist.is_main)
 
     # -- entry ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -184,11 +184,13 @@ class Trainer:
         torch.manual_seed(cfg.seed + dist.rank)
         np.random.seed((cfg.seed + dist.rank) % 2**32)
         random.seed(cfg.seed + dist.rank)
+        # under FSDP only rank 0 reads or initializes the weights; the others build on the
+        # meta device and receive their shards (wrap): no rank but the first holds a full copy
+        self.sharded = dist.enabled and cfg.parallel == "fsdp"
         self.model = self.build_model()
         # from_pretrained returns a model in eval mode: dropout (LoRA's included) must be on
         self.model.train()
         self.trainable_only = is_peft(self.model)
-        self.sharded = dist.enabled and cfg.parallel == "fsdp"
         self.wrapped = wrap(self.model, dist, cfg.parallel, self.precision, compile=cfg.compile)
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
