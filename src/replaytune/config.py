@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from replaytune import schedule as sched
 from replaytune.errors import ConfigError
+from replaytune.trackers import ReportTo
 
 
 class Frozen(BaseModel):
@@ -266,10 +267,11 @@ class RunConfig(_Frozen):
     device: str = Field("auto", description="auto, cpu or cuda.")
     dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (GPU; costs a minute up front).")
-    report_to: list[Literal["none", "tensorboard"]] = Field(
-        default_factory=list, description="Also log to these trackers (Transformers' report_to): tensorboard writes "
-        "event files under out_dir/tb (per-source train and held-out loss, LR, tokens/s, the mixture's share of each "
-        "source, the resolved config). metrics.jsonl is always written.")
+    report_to: list[ReportTo] = Field(
+        default_factory=list, description="Also log to these trackers (Transformers' report_to): tensorboard (event "
+        "files under out_dir/tb), wandb, mlflow (default store: out_dir/mlflow.db), trackio; each gets per-source train "
+        "and held-out loss, LR, tokens/s, the mixture's share of each source and the resolved config. metrics.jsonl "
+        "is always written.")
     tensorboard: bool = Field(False, description="Same as report_to: [tensorboard] (kept for older configs).")
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp", description="With several processes (torchrun): replicate (ddp) or shard (fsdp) the model."

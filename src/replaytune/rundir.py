@@ -8,6 +8,13 @@ One run of the training loop writes into ``out_dir``::
     model/                        save_pretrained output
     record.json                   written last: its presence means the run finished
 
+and, with ``report_to`` (replaytune.trackers)::
+
+    trackers.json                 the W&B and MLflow run ids, continued by a resumed run
+    tb/                           TensorBoard event files
+    wandb/                        W&B's run files (unless $WANDB_DIR says elsewhere)
+    mlflow.db                     MLflow's SQLite store (unless $MLFLOW_TRACKING_URI says elsewhere)
+
 Every module that reads or writes these paths takes the names from here (the loop, the
 checkpoint code, the sweep executor, the study, the report, the fine-tuning command), so a
 change of layout is a change of this file. Nothing here imports torch.
@@ -28,6 +35,9 @@ RECORD = "record.json"
 CHECKPOINTS = "checkpoints"
 MODEL = "model"
 STATE = "state.json"  # inside a checkpoint folder: written before the folder is renamed into place
+TRACKERS = "trackers.json"
+TENSORBOARD = "tb"
+MLFLOW_DB = "mlflow.db"
 
 _STEP = re.compile(r"^step-(\d{8})$")
 

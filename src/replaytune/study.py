@@ -32,6 +32,7 @@ from pydantic import Field
 from replaytune import efficiency as eff
 from replaytune import rundir
 from replaytune.fsio import write_text
+from replaytune.trackers import ReportTo
 from replaytune import schedule as sched
 from replaytune.config import EvalConfig, Frozen as _Frozen, ModelConfig, OptimConfig, RunConfig, validate
 
@@ -102,7 +103,7 @@ class StudyConfig(_Frozen):
     reference: ReferenceGrid | None = ReferenceGrid()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
-    report_to: list[Literal["none", "tensorboard"]] = Field(default_factory=list, description="Trackers every run logs to.")
+    report_to: list[ReportTo] = Field(default_factory=list, description="Trackers every run logs to.")
     replay_search: bool = Field(
         False, description="Replay the replay-fraction search (replaytune.search) on the fine-tuning grid: the runs "
         "are also evaluated at the search's rungs, and results.json reports per seed what the search chose, at what "

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from replaytune.trackers import NAMES
+
+
+REPORT_TO_METAVAR = "none|tensorboard|wandb|mlflow|trackio"
+
 
 def report_to(text: str) -> list[str]:
-    """--report-to none|tensorboard (comma-separated), as an override of the run config's report_to."""
+    """--report-to NAME[,NAME...], as an override of the run config's report_to (none: no tracker)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [n for n in names if n not in ("none", "tensorboard")]
+    bad = [n for n in names if n not in NAMES]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown tracker {bad[0]!r}; choose none or tensorboard")
+        raise argparse.ArgumentTypeError(f"unknown tracker {bad[0]!r}; choose from {', '.join(NAMES)} (comma-separated)")
     return [n for n in names if n != "none"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from replaytune.commands import report_to
+from replaytune.commands import REPORT_TO_METAVAR, report_to
 
 DESCRIPTION = """\
 Fine-tune a pretrained Hugging Face model on a small target set while replaying generic data
@@ -98,7 +98,8 @@ def register(subparsers) -> None:
       help="tokenize the sources, print the plan, and stop (before a multi-GPU launch)")
     a("--resume", action="store_true", help="continue an unfinished fine-tune in OUT (or print a finished one's report)")
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
-    a("--report-to", type=report_to, metavar="none|tensorboard", help="also log to these trackers (Transformers' name)")
+    a("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
+      help="also log to these trackers, comma-separated (Transformers' name; metrics.jsonl is always written)")
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from replaytune.commands import report_override, report_to
+from replaytune.commands import REPORT_TO_METAVAR, report_override, report_to
 
 
 def _run(args) -> int:
@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", choices=["paper"], help="start from a named preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--out", default="study-out", help="output directory (default: study-out)")
-    p.add_argument("--report-to", type=report_to, metavar="none|tensorboard", help="every run also logs to these trackers")
+    p.add_argument("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
+                   help="every run also logs to these trackers, comma-separated")
     p.add_argument("--workers", type=int, default=1, help="runs at once in separate processes, one thread each")
     p.add_argument("--no-share", action="store_true", help="do not share common prefixes between runs")
     p.add_argument("--auto", action="store_true",

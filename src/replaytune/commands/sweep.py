@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from replaytune.commands import report_override, report_to
+from replaytune.commands import REPORT_TO_METAVAR, report_override, report_to
 
 
 def _run(args) -> int:
@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="sweep YAML: {base: RUN_CONFIG or path, grid: {dotted.key: [values]}, out_dir: DIR}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of the base config")
     p.add_argument("--out", help="output directory (default: out_dir of the sweep file)")
-    p.add_argument("--report-to", type=report_to, metavar="none|tensorboard", help="every run also logs to these trackers")
+    p.add_argument("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
+                   help="every run also logs to these trackers, comma-separated")
     p.add_argument("--no-share", action="store_true", help="compute every run from scratch")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the compute saved, run nothing")
     p.add_argument("--workers", type=int, default=1, help="runs at once in separate processes, one thread each")

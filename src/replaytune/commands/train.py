@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from replaytune.commands import report_override, report_to
+from replaytune.commands import REPORT_TO_METAVAR, report_override, report_to
 
 DESCRIPTION = """\
 Train one run: a model and a list of phases (steps, mixture schedule, LR schedule,
@@ -31,7 +31,8 @@ def register(subparsers: Any) -> None:
         help="override a config field, e.g. --set phases.0.lr.peak=1e-3 (repeatable; VALUE is YAML)",
     )
     p.add_argument("--out", metavar="DIR", help="run directory (default: the config's out_dir)")
-    p.add_argument("--report-to", type=report_to, metavar="none|tensorboard", help="also log to these trackers")
+    p.add_argument("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
+                   help="also log to these trackers, comma-separated (metrics.jsonl is always written)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run directory")
     p.add_argument(
         "--init-from", metavar="CHECKPOINT",

@@ -22,6 +22,7 @@ from replaytune.data import sources as data_sources
 from replaytune.data.store import TokenStore, is_store
 from replaytune.errors import ConfigError, DataError
 from replaytune.schedule import GENERIC, TARGET
+from replaytune.trackers import ReportTo
 
 UNITS = ("tokens", "sequences", "examples")
 DEFAULT_EPOCHS = {"text": 1.0, "chat": 3.0, "instruction": 3.0}
@@ -128,7 +129,7 @@ class FinetuneConfig(Frozen):
     parallel: Literal["ddp", "fsdp"] = "ddp"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for the underlying run config (--set).")
-    report_to: list[Literal["none", "tensorboard"]] = Field(default_factory=list, description="Trackers to log to.")
+    report_to: list[ReportTo] = Field(default_factory=list, description="Trackers to log to.")
     progress: bool = True
 
     @field_validator("lora", mode="before")

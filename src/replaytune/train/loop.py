@@ -116,13 +116,16 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         self.dist = setup(self.cfg.device)
         self.lock = RunLock(self.run_dir)
+        ok = False
         try:
-            return self._run()
+            out = self._run()
+            ok = True
+            return out
         finally:
             if self.progress is not None:
                 self.progress.close()
             if self.metrics is not None:
-                self.metrics.close()
+                self.metrics.close(ok=ok)  # a failed run's tracker runs are marked failed
             self.lock.release()
             teardown(self.dist)
 
@@ -240,14 +243,15 @@ class Trainer:
     def _open_records(self, source: ck.Checkpoint | None, branch: bool) -> None:
         """config.yaml and metrics.jsonl: fresh, cut back to the checkpoint, or a branch's prefix."""
         dist = self.dist
-        tb = self.cfg.tensorboard or "tensorboard" in self.cfg.report_to
         text = dump_yaml(self.cfg)
-        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, tensorboard=tb, config_text=text)
+        report_to = [*self.cfg.report_to, *(["tensorboard"] if self.cfg.tensorboard else [])]
+        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, report_to=report_to, run_name=self.cfg.name,
+                                  config=self.cfg.model_dump(mode="json", exclude_none=True))
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG, text)
             if source is not None and not branch:
-                for w in self.metrics.open(truncate_to=source.state["metrics_offset"]):
+                for w in self.metrics.open(truncate_to=source.state["metrics_offset"], resume_step=source.step):
                     warnings.warn(w)
             elif branch:
                 prefix = prefix_lines(source.run_dir / METRICS, source.state["metrics_offset"], self._relabel(source))

@@ -1,4 +1,4 @@
-"""Run records: metrics.jsonl lines, record.json, the resolved config, TensorBoard, progress bar.
+"""Run records: metrics.jsonl lines, record.json, the resolved config, the trackers, progress bar.
 
 metrics.jsonl has one JSON object per line, written by rank 0 only:
 
@@ -23,9 +23,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from replaytune.errors import ConfigError
+from replaytune import trackers
 from replaytune.fsio import write_json, write_text
 from replaytune.rundir import METRICS
 
@@ -58,29 +58,28 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends metrics lines (rank 0); knows its byte offset for checkpoints."""
+    """Appends metrics lines (rank 0) and mirrors them to the trackers in ``report_to``.
 
-    def __init__(self, run_dir: Path, *, enabled: bool, tensorboard: bool = False, config_text: str | None = None):
-        self.path = Path(run_dir) / METRICS
+    Knows its byte offset for checkpoints.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool, report_to: Sequence[str] = (), run_name: str = "run",
+                 config: Mapping[str, Any] | None = None):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS
         self.enabled = enabled
+        self.report_to = trackers.enabled(report_to) if enabled else []
+        self.run_name = run_name
+        self.config = dict(config or {})
         self._f = None
-        self._tb = None
-        self._tokens: dict[str, int] | None = None  # cumulative tokens per source at the last train line
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError(
-                    "report_to: tensorboard needs the tensorboard package: pip install 'replaytune[tensorboard]'"
-                ) from None
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"))
-            if config_text:
-                self._tb.add_text("config", "```yaml\n" + config_text + "\n```", 0)
+        self._trackers: list[trackers.Tracker] = []
+        self._scalars = trackers.Scalars()
 
-    def open(self, *, truncate_to: int | None = None, prefix: bytes = b"") -> list[str]:
+    def open(self, *, truncate_to: int | None = None, prefix: bytes = b"", resume_step: int | None = None) -> list[str]:
         """Start the file: fresh (with ``prefix``), or cut back to ``truncate_to`` bytes.
 
-        Returns warnings (a file shorter than the checkpoint says it was).
+        ``resume_step`` (with ``truncate_to``): the checkpoint's step, so that the trackers
+        continue their runs. Returns warnings (a file shorter than the checkpoint says it was).
         """
         warnings: list[str] = []
         if not self.enabled:
@@ -95,6 +94,18 @@ class MetricsLog:
             else:
                 os.truncate(self.path, truncate_to)
         self._f = open(self.path, "ab")
+        if self.report_to:
+            kept = read_metrics(self.path) if self.path.exists() else []
+            resumed = truncate_to is not None
+            self._trackers = trackers.open_trackers(self.report_to, self.run_dir, name=self.run_name, config=self.config,
+                                                    resume_step=(resume_step or 0) if resumed else None)
+            # the lines already in the file (a branch's prefix, or those before the checkpoint) go
+            # to each tracker that does not hold them yet; the mixture continues from the last one
+            new = [t for t in self._trackers if not t.continued]
+            for rec in kept:
+                values = self._scalars(rec)
+                for t in new:
+                    t.log(rec["step"], values)
         return warnings
 
     @property
@@ -107,38 +118,22 @@ class MetricsLog:
         assert self._f is not None, "MetricsLog.open() first"
         self._f.write((json.dumps(record) + "\n").encode())
         self._f.flush()  # survives SIGKILL (the page cache does); fsync is left to the OS
-        if self._tb is not None:
-            self._tensorboard(record)
+        self._mirror(record)
 
-    def _tensorboard(self, rec: Mapping[str, Any]) -> None:
-        step = rec["step"]
-        if rec["kind"] == "train":
-            self._tb.add_scalar("train/loss", rec["loss"], step) if rec["loss"] is not None else None
-            self._tb.add_scalar("train/lr", rec["lr"], step)
-            self._tb.add_scalar("train/tokens_per_s", rec["tokens_per_s"], step)
-            for src, v in rec["train_loss"].items():
-                if v is not None:
-                    self._tb.add_scalar(f"train_loss/{src}", v, step)
-            tokens = rec.get("tokens") or {}
-            if self._tokens is not None:  # the mixture over the logged interval: each source's share of tokens
-                delta = {s: n - self._tokens.get(s, 0) for s, n in tokens.items()}
-                total = sum(delta.values())
-                for src, n in delta.items():
-                    if total > 0:
-                        self._tb.add_scalar(f"mix/{src}", n / total, step)
-            self._tokens = dict(tokens)
-        else:
-            for src, v in rec["eval"].items():
-                if v is not None:
-                    self._tb.add_scalar(f"eval/{src}", v, step)
+    def _mirror(self, record: Mapping[str, Any]) -> None:
+        if self._trackers:
+            values = self._scalars(record)
+            for t in self._trackers:
+                t.log(record["step"], values)
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Close the file and the trackers (``ok``: False marks the trackers' runs failed)."""
         if self._f is not None:
             self._f.close()
             self._f = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        opened, self._trackers = self._trackers, []
+        for t in opened:
+            t.close(ok)
 
 
 def prefix_lines(source: Path, nbytes: int, rename) -> bytes:
