@@ -319,3 +319,34 @@ def test_an_output_under_a_file_is_one_line_not_a_traceback(tmp_path, tiny_tok_p
     code = main(["prepare", str(src), "--tokenizer", str(tiny_tok_path), "--out", str(tmp_path / "afile" / "st")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "afile" in err[0] and "Traceback" not in err[0]
+
+
+def test_max_tokens_reads_only_what_is_needed_and_a_larger_cap_serves_a_smaller_one(tmp_path, tiny_tok_path):
+    """--max-tokens: stop reading a big source; the store is reused for any cap it covers."""
+    import json as _json
+
+    src = tmp_path / "big.jsonl"
+    lines = [_json.dumps({"text": f"document number {i} " + "word " * 200}) for i in range(2000)]
+    src.write_text("\n".join(lines) + "\n")
+    _, full_stats = prepare(str(src), tiny_tok_path, tmp_path / "full", progress=False, batch_chars=20_000)
+    assert full_stats["complete"] is True
+    total = full_stats["tokens"]["train"] + full_stats["tokens"]["val"]
+    cap = total // 10
+    capped, stats = prepare(str(src), tiny_tok_path, tmp_path / "capped", progress=False, batch_chars=20_000,
+                           max_tokens=cap)
+    stored = stats["tokens"]["train"] + stats["tokens"]["val"]
+    assert stats["complete"] is False and cap <= stored < cap + 20_000  # stops within one batch of the cap
+    assert stats["documents_read"] < 2000 / 5
+    meta = capped.meta["source"]["content"]["files"][0]
+    assert "sha256" not in meta and meta["bytes"] == src.stat().st_size  # identified without reading it all
+    # a smaller cap is served by this store as it is; a larger one reads further
+    _, again = prepare(str(src), tiny_tok_path, tmp_path / "capped", progress=False, batch_chars=20_000, max_tokens=cap // 2)
+    assert again["up_to_date"] is True
+    _, more = prepare(str(src), tiny_tok_path, tmp_path / "capped", progress=False, batch_chars=20_000, max_tokens=cap * 3)
+    assert more["up_to_date"] is False and more["tokens"]["train"] > stats["tokens"]["train"]
+    assert any("max_tokens" in r for r in more["rebuilt_because"])
+    # the complete store serves any cap without reading further
+    _, served = prepare(str(src), tiny_tok_path, tmp_path / "full", progress=False, batch_chars=20_000, max_tokens=cap)
+    assert served["up_to_date"] is True
+    with pytest.raises(ConfigError, match="--max-tokens 0"):
+        prepare(str(src), tiny_tok_path, tmp_path / "x", progress=False, max_tokens=0)

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
                      help="hold out about F of the tokens, by documents or chunks of long ones (default 0.01)")
     p.add_argument("--max-val-tokens", type=int, default=None, metavar="N",
                    help="with --val-fraction: stop holding out at N tokens (default 50M)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="stop reading after N tokens (both splits): tokenize only what runs will draw from a huge "
+                        "source; a later call with a larger N reads further")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--strict", action="store_true",
                    help="refuse instead of fixing: undecodable bytes and examples over --max-length are errors")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         spec, args.tokenizer, args.out, val_docs=args.val_docs, val_fraction=args.val_fraction, seed=args.seed,
         max_length=args.max_length, chat_template=args.chat_template, skip_invalid=args.skip_invalid,
         **({"max_val_tokens": args.max_val_tokens} if args.max_val_tokens is not None else {}),
+        max_tokens=args.max_tokens,
         progress=not args.no_progress, force=args.force,
     )
     print(format_stats(spec.display_name, stats, store.path))

@@ -101,8 +101,11 @@ def store_fingerprint(content_sha: str, tokenizer_fp: str, settings: dict[str, A
 def _file_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if "files" not in old or "files" not in new:
         return [] if old.get("sha256") == new.get("sha256") else ["source identity changed"]
-    a = {f["path"]: f["sha256"] for f in old["files"]}
-    b = {f["path"]: f["sha256"] for f in new["files"]}
+    def ident(f):  # capped stores know files by size and modification time, others by their hash
+        return f.get("sha256") or (f.get("bytes"), f.get("mtime_ns"))
+
+    a = {f["path"]: ident(f) for f in old["files"]}
+    b = {f["path"]: ident(f) for f in new["files"]}
     out = [f"{p} (changed)" for p in sorted(a.keys() & b.keys()) if a[p] != b[p]]
     out += [f"{p} (added)" for p in sorted(b.keys() - a.keys())]
     out += [f"{p} (removed)" for p in sorted(a.keys() - b.keys())]
@@ -343,6 +346,7 @@ def prepare(
     chat_template: str | None = None,
     skip_invalid: bool = False,
     max_val_tokens: int = DEFAULT_MAX_VAL_TOKENS,
+    max_tokens: int | None = None,
     batch_chars: int = 1 << 21,
     progress: bool = True,
     force: bool = False,
@@ -361,6 +365,11 @@ def prepare(
         chat_template: Jinja text, a file, or ``chatml``; default: the tokenizer's own.
         skip_invalid: skip (and count) chat examples that break the role rule instead of failing.
         max_val_tokens: ``val_fraction`` mode: held-out tokens stop here (later units train).
+        max_tokens: stop reading once this many tokens (both splits) are stored: a replay
+            source needs only what a run draws, not all of a web-scale corpus. The store is
+            then identified by its files' sizes and modification times (hashing every byte
+            would read it all) and records what was read (``stats["complete"]``). A store
+            built with a larger cap, or complete, serves a smaller one as it is.
         batch_chars: characters per tokenizer batch (~2 MB keeps both cores busy).
         force: rebuild even when up to date.
 
@@ -392,13 +401,23 @@ def prepare(
     if spec.kind == "chat":
         template = chatmod.resolve_template(tok, chatmod.load_template(chat_template), str(tinfo["path"]))
     reader = SourceReader(spec)
-    content = reader.content_fingerprint()
     if max_val_tokens < 0:
         raise ConfigError(f"--max-val-tokens {max_val_tokens}: must be >= 0")
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"--max-tokens {max_tokens}: must be >= 1")
+    content = reader.content_fingerprint(hash_bytes=max_tokens is None)
     settings = _settings(spec, val_docs, val_fraction, seed, max_length, template, skip_invalid, max_val_tokens)
-    fp = store_fingerprint(content["sha256"], tinfo["fingerprint"], settings)
     out = Path(out_dir).expanduser()
     existing = _existing_store(out)
+    if existing is not None and not force:
+        # a store read further (a larger cap, or the whole source) serves a smaller cap as it is
+        held = existing.meta.get("settings", {}).get("max_tokens")
+        if max_tokens is not None and (held is None or held >= max_tokens):
+            same = reader.content_fingerprint(hash_bytes=held is None) if held is None else content
+            if existing.fingerprint == store_fingerprint(same["sha256"], tinfo["fingerprint"], {**settings, "max_tokens": held}):
+                return existing, {**existing.meta.get("stats", {}), "up_to_date": True}
+    settings["max_tokens"] = max_tokens
+    fp = store_fingerprint(content["sha256"], tinfo["fingerprint"], settings)
     if existing is not None and existing.fingerprint == fp and not force:
         return existing, {**existing.meta.get("stats", {}), "up_to_date": True}
     because = describe_changes(existing.meta, content, tinfo, settings) if existing is not None else []
@@ -410,6 +429,7 @@ def prepare(
                      val_docs=val_docs, val_fraction=val_fraction, seed=seed, skip_invalid=skip_invalid,
                      max_val_tokens=max_val_tokens)
         batch, chars, shown = [], 0, 0
+        complete = True
         for doc in reader.documents():
             batch.append(doc)
             chars += len(doc.content) if isinstance(doc.content, str) else 256
@@ -417,6 +437,9 @@ def prepare(
                 b.process(batch)
                 batch, chars = [], 0
                 shown = _tick(bar, reader, shown)
+                if max_tokens is not None and writer.count("train") + writer.count("val") >= max_tokens:
+                    complete = False  # stop reading (the source may have ended here too; we do not look)
+                    break
         if batch:
             b.process(batch)
         b.finish()
@@ -450,6 +473,8 @@ def prepare(
             "invalid_examples": b.invalid_examples,
             "input_bytes": reader.total_bytes,
             "val_share": round(share, 6),
+            "complete": complete,
+            "documents_read": b.index + 1,
             "val_note": note,
             "seconds": round(seconds, 3),
             "tokens_per_s": round(n_tok / seconds, 1) if seconds > 0 else None,
@@ -522,6 +547,8 @@ def format_stats(name: str, stats: dict[str, Any], path: str | os.PathLike) -> s
         f"({stats['loss_tokens']['train']:,} train tokens carry loss); held out {stats.get('val_share', 0):.1%} of the tokens",
         f"  {stats['seconds']:.1f} s, {stats['tokens_per_s'] or 0:,.0f} tokens/s",
     ]
+    if stats.get("complete") is False:
+        lines.append(f"  stopped at --max-tokens after {stats['documents_read']:,} documents (the rest was not read)")
     fixes = [f"{k.replace('_', ' ')}: {stats[k]:,}" for k in
              ("replaced_bytes", "truncated", "skipped_invalid", "dropped_trailing_user", "empty_docs", "skipped_files")
              if stats.get(k)]

@@ -252,8 +252,11 @@ class SourceReader:
             return sum(f.stat().st_size for f in self.root.rglob("*.arrow"))
         return 0
 
-    def content_fingerprint(self) -> dict[str, Any]:
+    def content_fingerprint(self, *, hash_bytes: bool = True) -> dict[str, Any]:
         """What identifies the source's content: every input file's bytes, or a hub identity.
+
+        ``hash_bytes=False``: files by size and modification time only (a capped read of a
+        large source must not read it whole to identify it).
 
         Files: ``{"files": [{"path", "bytes", "sha256"}], "sha256": ...}`` with paths relative
         to the source root, so moving a source leaves it up to date. Hub datasets cannot be
@@ -261,13 +264,13 @@ class SourceReader:
         and revision (pin ``revision`` to make that exact).
         """
         if self.mode == "files":
-            files = [self._file_entry(p, p.relative_to(self.root)) for p, _ in self.files]
+            files = [self._file_entry(p, p.relative_to(self.root), hash_bytes) for p, _ in self.files]
         elif self.mode == "arrow":
-            files = [self._file_entry(f, f.relative_to(self.root)) for f in sorted(self.root.rglob("*")) if f.is_file()]
+            files = [self._file_entry(f, f.relative_to(self.root), hash_bytes) for f in sorted(self.root.rglob("*")) if f.is_file()]
         elif Path(self.spec.path).expanduser().exists():  # a local stand-in for a hub dataset
             local = Path(self.spec.path).expanduser()
             found = [local] if local.is_file() else sorted(f for f in local.rglob("*") if f.is_file())
-            files = [self._file_entry(f, f.relative_to(local.parent if local.is_file() else local)) for f in found]
+            files = [self._file_entry(f, f.relative_to(local.parent if local.is_file() else local), hash_bytes) for f in found]
         else:
             ident = {"hub": str(self.spec.path), "config": self.spec.hf_config, "split": self.spec.split,
                      "revision": self.spec.revision}
@@ -276,10 +279,13 @@ class SourceReader:
         return {"files": files, "sha256": total}
 
     @staticmethod
-    def _file_entry(path: Path, rel: Path) -> dict[str, Any]:
+    def _file_entry(path: Path, rel: Path, hash_bytes: bool = True) -> dict[str, Any]:
+        st = path.stat()
+        if not hash_bytes:
+            return {"path": rel.as_posix(), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
-        return {"path": rel.as_posix(), "bytes": path.stat().st_size, "sha256": digest}
+        return {"path": rel.as_posix(), "bytes": st.st_size, "sha256": digest}
 
     # ------------------------------------------------------------------ peeking
     def first_fields(self) -> tuple[list[str], str] | None:
