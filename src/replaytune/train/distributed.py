@@ -191,6 +191,8 @@ def wrap(model, dist: Dist, parallel: str, precision: str, *, compile: bool = Fa
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" else MixedPrecisionPolicy()
+        if dist.device == "cpu":
+            _return_freed_memory()
         full = model.state_dict() if dist.is_main else {}  # rank 0's weights (the other ranks' are on meta)
         for layer in decoder_layers(model):
             fully_shard(layer, mp_policy=mp)
@@ -201,6 +203,22 @@ def wrap(model, dist: Dist, parallel: str, precision: str, *, compile: bool = Fa
 
     ids = [torch.device(dist.device).index] if dist.device.startswith("cuda") else None
     return DDP(model, device_ids=ids)
+
+
+def _return_freed_memory() -> None:
+    """glibc: serve allocations of 1 MB and more by mmap, so that a freed one returns to the OS.
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MB) and keeps
+    later ones on its heap; FSDP on the CPU gathers and frees each layer's weights and
+    gradients all step long, and each rank's resident memory then grew to what one process
+    holds (BENCHMARKS.md, host memory under FSDP). Same as MALLOC_MMAP_THRESHOLD_=1048576.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; fixed from now on
+    except (OSError, AttributeError):  # not glibc: its allocator keeps its own rules
+        pass
 
 
 def _scatter_from_rank0(model, full: dict, dist: Dist) -> None:
