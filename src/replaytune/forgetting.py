@@ -119,7 +119,7 @@ def format_report(report: dict[str, Any]) -> str:
             notes.append(f"{name}: the held-out split is shorter than one sequence; hold out more documents (val).")
     down = report.get("downstream")
     if down:
-        notes.append(format_downstream(down))
+        notes.append("\n" + format_downstream(down))  # a paragraph of its own
     return head + "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "") + "\n"
 
 
