@@ -79,7 +79,10 @@ def register(subparsers) -> None:
     a("--skip-invalid", action="store_true", default=None, help="skip and count chat examples that break the role rule")
     a("--eval-sequences", type=int, help="held-out sequences per source (default 64)")
     a("--eval-interval", type=int, help="evaluate every N steps (default: ~5%% of training time)")
-    a("--eval-tasks", help="comma-separated lm-evaluation-harness tasks, e.g. xcopa_eu (needs replaytune[eval])")
+    a("--eval-tasks", help="comma-separated lm-evaluation-harness tasks, e.g. xcopa_eu (needs replaytune[eval]); "
+                           "base and fine-tuned scores go into OUT/forgetting.md|json")
+    a("--eval-include", action="append", metavar="DIR",
+      help="folder of your own lm-eval task YAML files (lm-eval's include_path), searched first (repeatable)")
     a("--eval-limit", type=int, help="examples per lm-eval task")
     a("--activation-checkpointing", "--gradient_checkpointing", dest="activation_checkpointing", action="store_true", default=None, help="recompute activations in backward (big models)")
     a("--checkpoint-every", type=int, help="checkpoint every N steps so --resume loses little (default: at the end)")
@@ -160,7 +163,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "save": args.save, "chat_template": args.chat_template, "max_length": args.max_length, "strict": args.strict,
         "skip_invalid": args.skip_invalid, "eval_sequences": args.eval_sequences, "eval_interval": args.eval_interval,
         "eval_tasks": [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None,
-        "eval_limit": args.eval_limit, "activation_checkpointing": args.activation_checkpointing,
+        "eval_include": args.eval_include, "eval_limit": args.eval_limit, "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "output": args.output,
         "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "weights_dtype": args.weights_dtype, "load_in_4bit": args.load_in_4bit, "parallel": args.parallel,
         "overrides": args.overrides, "progress": args.progress, "report_to": args.report_to,

@@ -113,6 +113,9 @@ class FinetuneConfig(Frozen):
     eval_sequences: int = Field(64, ge=1, description="Held-out sequences per source for the loss evaluations.")
     eval_interval: int | None = Field(None, ge=0, description="Evaluate every N steps (default: ~5% of the time).")
     eval_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks, e.g. xcopa_eu.")
+    eval_include: list[str] = Field(
+        default_factory=list, description="Folders of lm-evaluation-harness task YAML files (its include_path), searched "
+        "for eval_tasks before the harness's own tasks.")
     eval_limit: int | None = Field(None, ge=1, description="Examples per lm-eval task (default: all).")
     activation_checkpointing: bool = Field(False, description="Recompute activations in backward (big models).")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps for --resume (0: only at the end).")
@@ -138,6 +141,18 @@ class FinetuneConfig(Frozen):
         if value is True:
             return {}
         return None if value is False else value
+
+    @field_validator("eval_tasks", mode="before")
+    @classmethod
+    def _task_list(cls, value):
+        if isinstance(value, str):  # `eval_tasks: a,b` in a file, as on the command line
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("eval_include", mode="before")
+    @classmethod
+    def _folder_list(cls, value):
+        return [str(value)] if isinstance(value, (str, os.PathLike)) else value  # one folder
 
     @model_validator(mode="after")
     def _checks(self):
@@ -217,6 +232,10 @@ def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     for key in ("model", "tokenizer", "chat_template"):
         out[key] = fix(out.get(key)) if key in out else None
+    if isinstance(out.get("eval_include"), list):
+        out["eval_include"] = [fix(v) for v in out["eval_include"]]
+    elif isinstance(out.get("eval_include"), str):
+        out["eval_include"] = fix(out["eval_include"])
     for key in (TARGET, "replay"):
         src = out.get(key)
         if isinstance(src, str):

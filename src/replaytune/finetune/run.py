@@ -263,8 +263,10 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     search = None
     try:
         prepared: dict[str, tuple[TokenStore, dict[str, Any]]] = {}
+        tasks = None
         if dist.is_main:
             try:
+                tasks = _eval_tasks(cfg)  # an unknown task fails before anything is written
                 out.mkdir(parents=True, exist_ok=True)
                 (out / MARKER).touch()
                 prepared = prepare_sources(cfg, tok, out, sources, log=say)
@@ -312,10 +314,11 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     result = FinetuneResult(out)
     if dist.is_main:
         outputs = _finalize_model(cfg, run_cfg, trainer, out)
+        trainer = None  # the trained model's memory is free for the downstream evaluation
         if not cfg.keep_checkpoints:
             for ck_dir in [run_dir, *((out / fsearch.SEARCH_DIR).glob("*") if search is not None else [])]:
                 shutil.rmtree(Path(ck_dir) / rundir.CHECKPOINTS, ignore_errors=True)
-        result.report = _report(cfg, run_cfg, stores, plan, record, out, say)
+        result.report = _report(cfg, run_cfg, stores, plan, record, out, say, tasks)
         result.summary = {
             "settings": cfg.model_dump(mode="json"),
             "epochs": epochs,
@@ -546,7 +549,16 @@ def _use_cache(model_dir: Path) -> None:
             atomic_write_json(path, data)
 
 
-def _report(cfg, run_cfg, stores, plan, record, out: Path, say) -> dict[str, Any]:
+def _eval_tasks(cfg: FinetuneConfig):
+    """lm-evaluation-harness's task manager for ``eval_tasks``, their data loaded (None: no tasks, or no harness)."""
+    if not cfg.eval_tasks:
+        return None
+    from replaytune.forgetting import task_manager
+
+    return task_manager(cfg.eval_tasks, cfg.eval_include, load_data=True)
+
+
+def _report(cfg, run_cfg, stores, plan, record, out: Path, say, tasks=None) -> dict[str, Any]:
     from replaytune.forgetting import build_report, downstream, format_report, held_out, write_report
 
     sources = {role: {"source": (cfg.target if role == TARGET else cfg.replay).path,
@@ -558,6 +570,8 @@ def _report(cfg, run_cfg, stores, plan, record, out: Path, say) -> dict[str, Any
             base=lambda: _eval_model(run_cfg, None),
             tuned=lambda: _eval_model(run_cfg, out),
             limit=cfg.eval_limit,
+            include=cfg.eval_include,
+            manager=tasks,
         )
     write_report(out, report)
     say(format_report(report))
@@ -573,7 +587,21 @@ def _eval_model(run_cfg: rconfig.RunConfig, out: Path | None):
     tok = AutoTokenizer.from_pretrained(str(Path(run_cfg.model.tokenizer)))
     if out is None:
         spec, dtype = _plain_base(run_cfg)
-        return load_pretrained(spec, dtype=dtype), tok
-    if (out / "model" / "config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(str(out / "model")), tok
-    return _load_with_adapter(run_cfg, out / "adapter").merge_and_unload(), tok
+        model = load_pretrained(spec, dtype=dtype)
+    elif (out / "model" / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    else:
+        model = _load_with_adapter(run_cfg, out / "adapter").merge_and_unload()
+    return _on_run_device(model, run_cfg), tok
+
+
+def _on_run_device(model, run_cfg: rconfig.RunConfig):
+    """The model on the device training used (the harness runs it where it is), in bf16 where training was."""
+    import torch
+
+    from replaytune.train.distributed import resolve_device, resolve_precision
+
+    device = resolve_device(run_cfg.device)
+    if resolve_precision(run_cfg.dtype, device) == "bf16":
+        model = model.to(torch.bfloat16)
+    return model.to(device).eval()
