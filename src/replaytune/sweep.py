@@ -518,9 +518,12 @@ class ProcessExecutor:
         return handle.result()  # a failed run raises here, with its own message
 
     def close(self) -> None:
+        if getattr(self, "pool", None) is None:
+            return  # never started
         self.pool.shutdown(wait=True, cancel_futures=True)
         self._drain()
         self.manager.shutdown()
+        self.pool = None
 
 
 def execute(
@@ -559,11 +562,8 @@ def _schedule(tasks: Sequence[Task], executor: Executor, log: Callable[[str], No
     expected: dict[int, int] = {}  # the step each submitted task should start at
     counted: dict[int, int] = {}  # updates reported per task
     at: dict[int, int] = {}  # latest step of each running task
-    t0 = time.time()
     inline = isinstance(executor, InlineExecutor)
-    # in-process runs draw their own bar at position 0; this one counts every step the sweep computes
-    bar = tqdm(total=computed, desc=executor.label, unit="step", dynamic_ncols=True, disable=not show,
-               position=1 if inline else None, leave=True)
+    bar: Any = None
 
     def on_step(i: int, step: int) -> None:
         counted[i] = counted.get(i, 0) + 1
@@ -575,8 +575,12 @@ def _schedule(tasks: Sequence[Task], executor: Executor, log: Callable[[str], No
                                           for j in running.values()), refresh=False)
 
     root = Path(os.path.commonpath([str(t.run_dir.resolve()) for t in tasks])) if tasks else Path(".")
-    executor.start(root, on_step)
     try:
+        executor.start(root, on_step)  # may take a while (a Ray instance starting): the clock starts after it
+        t0 = time.time()
+        # in-process runs draw their own bar at position 0; this one counts every step the sweep computes
+        bar = tqdm(total=computed, desc=executor.label, unit="step", dynamic_ncols=True, disable=not show,
+                   position=1 if inline else None, leave=True)
         while waiting or running:
             for i in list(waiting):
                 task = tasks[i]
@@ -611,7 +615,8 @@ def _schedule(tasks: Sequence[Task], executor: Executor, log: Callable[[str], No
                         f"checkpoint at step {out.started_at}")
     finally:
         executor.close()
-        bar.close()
+        if bar is not None:
+            bar.close()
     return SweepResult([records[i] for i in range(len(tasks))], total, computed, skipped)
 
 

@@ -185,3 +185,21 @@ def test_launcher_ray_errors_name_the_fix(stores, tmp_path, monkeypatch, capsys)
     with pytest.raises(ReplaytuneError, match=rf"--address 127.0.0.1:{port}: no Ray cluster answers there"):
         connect(f"127.0.0.1:{port}")
     assert time.time() - t0 < 10
+
+
+def test_a_multi_process_run_starts_under_torchrun_and_branches(stores, local_sweep, tmp_path):
+    """What a Ray task does for --gpus-per-run 2 (torchrun with 2 processes on its node), here
+    with gloo on CPU: the run branches from its parent's checkpoint and logs the losses of the
+    same run in one process (to float tolerance: gradients are summed over ranks)."""
+    from dataclasses import replace
+
+    from .test_distributed import _assert_close
+
+    tasks = sweep.build_tasks(_configs(stores), tmp_path / "runs")
+    child, parent = tasks[1], local_sweep[tasks[1].branch_from]
+    job = replace(child.job(sweep.branch_checkpoint(parent, child.branch_step)), procs=2)
+    cmd = sweep.torchrun_command(job)
+    assert cmd[:4] == [sys.executable, "-m", "torch.distributed.run", "--standalone"] and "--nproc_per_node=2" in cmd
+    out = sweep.run_task(job)
+    assert out.started_at == child.branch_step and out.record["final"]["eval"].keys() == {"target", "generic"}
+    _assert_close(read_metrics(child.run_dir), read_metrics(local_sweep[1].run_dir))
