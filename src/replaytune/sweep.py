@@ -305,7 +305,8 @@ def run_task(job: RunTask, *, threads: int | None = None, progress: bool = False
 
     A started run continues from its last checkpoint, or (killed before one) starts again from
     its branch point: the loop prefers a checkpoint to ``init_from``. ``threads`` sets torch's
-    thread count (results depend on it: the executors fix it per run).
+    thread count (results depend on it: the executors fix it per run); under torchrun the
+    processes share them (``OMP_NUM_THREADS``).
     """
     run_dir = Path(job.run_dir)
     started = None if rundir.is_finished(run_dir) else job.start_step()
@@ -322,8 +323,11 @@ def run_task(job: RunTask, *, threads: int | None = None, progress: bool = False
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / TORCHRUN_CONFIG, cfgmod.dump_yaml(job.config()))
     cmd = torchrun_command(job)
+    env = dict(os.environ)
+    if threads is not None:  # the run's CPUs, shared by its processes
+        env["OMP_NUM_THREADS"] = str(max(1, threads // (job.procs or 1)))
     print("+", shlex.join(cmd), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=env)
     return Outcome(rundir.read_record(run_dir), started)
 
 

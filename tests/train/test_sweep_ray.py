@@ -170,11 +170,17 @@ def test_launcher_ray_errors_name_the_fix(stores, tmp_path, monkeypatch, capsys)
 
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text("base: {name: x}\ngrid: {}\n")
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    assert cli.main(["sweep", str(sweep_file), "--launcher", "ray"]) == 2
+    import importlib
+
+    try:  # loaded first, so that the context below puts this very module back
+        importlib.import_module("ray")
+    except ImportError:
+        pass
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+        assert cli.main(["sweep", str(sweep_file), "--launcher", "ray"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "pip install 'replaytune[ray]'" in err
-    monkeypatch.delitem(sys.modules, "ray")
     assert cli.main(["sweep", str(sweep_file), "--address", "auto"]) == 2
     assert "--address goes with --launcher ray" in capsys.readouterr().err
     with socket.socket() as s:  # a loopback port nobody listens on
@@ -203,3 +209,32 @@ def test_a_multi_process_run_starts_under_torchrun_and_branches(stores, local_sw
     out = sweep.run_task(job)
     assert out.started_at == child.branch_step and out.record["final"]["eval"].keys() == {"target", "generic"}
     _assert_close(read_metrics(child.run_dir), read_metrics(local_sweep[1].run_dir))
+
+
+def test_flags_map_onto_the_ray_executor(tmp_path):
+    from replaytune.cluster import RayExecutor
+    from replaytune.commands import make_executor
+    from replaytune.errors import ConfigError
+
+    pytest.importorskip("ray")
+    parser = cli.build_parser()
+    args = parser.parse_args(["study", "s.yaml", "--launcher", "ray", "--address", "auto", "--gpus-per-run", "2",
+                              "--cpus-per-run", "4", "--max-retries", "5", "--workers", "3"])
+    ex = make_executor(args)
+    assert isinstance(ex, RayExecutor)
+    assert (ex.address, ex.gpus, ex.cpus, ex.max_retries, ex.max_running) == ("auto", 2, 4, 5, 3)
+    assert make_executor(parser.parse_args(["sweep", "s.yaml"])) is None  # local stays the default
+    with pytest.raises(ConfigError, match="--gpus-per-run K"):
+        make_executor(parser.parse_args(["sweep", "s.yaml", "--launcher", "ray", "--torchrun"]))
+
+    submitted = []
+
+    class Remote:  # stands in for the Ray remote function: what would be sent to the cluster
+        def remote(self, job, threads):
+            submitted.append((job, threads))
+            return object()
+
+    ex._remote = Remote()
+    job = sweep.RunTask(0, "r", "{}", str(tmp_path / "r"))
+    ex.submit(job)
+    assert submitted == [(job.__class__(0, "r", "{}", str(tmp_path / "r"), procs=2), 4)]  # torchrun, 2 processes
