@@ -1,4 +1,4 @@
-"""Sweeps: grid expansion (pure), prefix-sharing plan, and a resumable executor.
+"""Sweeps: grid expansion (pure), prefix-sharing plan, tasks, and the scheduler that runs them.
 
 Grid expansion
     A sweep file holds a ``base`` run config and a ``grid`` of dotted keys to value lists;
