@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 $(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	# torch pinned in the same pip command: a range alone would pull a CUDA build.
-	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e '.[test,trl,tensorboard,wandb,mlflow,eval]'
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e '.[test,trl,tensorboard,wandb,mlflow,eval,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

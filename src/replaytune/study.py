@@ -474,17 +474,18 @@ def load_study(path: str | Path | None, overrides: list[str] | None = None, pres
 
 
 def run_study(study: StudyConfig, out_dir: str | Path, *, share_prefixes: bool = True, launcher=None,
-              workers: int = 1) -> dict[str, Any]:
+              workers: int = 1, executor=None) -> dict[str, Any]:
     """Run (or resume) every run of the study, then write results.json."""
     return run_studies([(study, Path(out_dir))], Path(out_dir) / "runs", share_prefixes=share_prefixes,
-                       launcher=launcher, workers=workers)[0]
+                       launcher=launcher, workers=workers, executor=executor)[0]
 
 
 def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *, share_prefixes: bool = True,
-                launcher=None, workers: int = 1) -> list[dict[str, Any]]:
+                launcher=None, workers: int = 1, executor=None) -> list[dict[str, Any]]:
     """Several studies planned as one sweep, so that identical prefixes are computed once even
     across studies (two target domains share their generic pre-training), then one
-    results.json per study in its own directory."""
+    results.json per study in its own directory. ``launcher``, ``workers`` and ``executor``
+    choose where the runs execute (:func:`replaytune.sweep.execute`)."""
     from replaytune import sweep
 
     labelled_all: list[tuple[int, dict[str, Any], RunConfig]] = []
@@ -495,7 +496,7 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
     for study, out_dir in studies:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
-    result = sweep.execute(tasks, launcher, workers=workers)
+    result = sweep.execute(tasks, launcher, workers=workers, executor=executor)
     sweep.write_summary(Path(runs_dir), tasks, result)
     compute = {"steps_alone": result.total_steps, "steps_computed": result.computed_steps,
                "saved_fraction": result.saved_fraction}

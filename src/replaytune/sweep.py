@@ -1,4 +1,4 @@
-"""Sweeps: grid expansion (pure), prefix-sharing plan, and a resumable executor.
+"""Sweeps: grid expansion (pure), prefix-sharing plan, tasks, and the scheduler that runs them.
 
 Grid expansion
     A sweep file holds a ``base`` run config and a ``grid`` of dotted keys to value lists;
@@ -17,11 +17,16 @@ Prefix sharing
     nodes of the trie of runs), the least possible. Branching is exact: the result is
     bit-identical to the run computed alone (tests/train/test_sweep_study.py checks it end to end).
 
-Launchers
-    Runs execute one after another in this process by default (:class:`LocalLauncher`).
-    :class:`TorchrunLauncher` runs each under ``torchrun`` (one node, several GPUs), and
-    any object with a ``launch(task)`` method can be plugged in (e.g. one submitting a
-    cluster job running the same ``replaytune train`` command).
+Tasks and executors
+    The plan (:func:`build_tasks`) gives :class:`Task` objects; when a task may start (its
+    branch checkpoint exists) the scheduler, :func:`execute`, turns it into a
+    :class:`RunTask` (plain data) and hands it to an executor, which runs it with
+    :func:`run_task`. Executors: one run after another in this process
+    (:class:`InlineExecutor`, through a launcher: :class:`LocalLauncher` in-process,
+    :class:`TorchrunLauncher` under ``torchrun``), local worker processes
+    (:class:`ProcessExecutor`, ``--workers N``), or a Ray cluster
+    (:class:`replaytune.cluster.RayExecutor`, ``--launcher ray``). All share the same
+    scheduling; at the same torch thread count per run they give the same records, bit for bit.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -140,6 +146,11 @@ class Task:
     def computed_steps(self) -> int:
         return self.steps - self.branch_step
 
+    def job(self, init_from: Path | None) -> "RunTask":
+        """What an executor needs to run this task, branching from ``init_from`` (or not)."""
+        return RunTask(self.index, self.cfg.name, self.cfg.model_dump_json(), str(self.run_dir),
+                       None if init_from is None else str(init_from), tuple(self.save_at))
+
 
 def plan(signatures: Sequence[Sequence[str]], min_shared: int | float = 1) -> list[tuple[int | None, int]]:
     """For each run (in order): (earlier run to branch from or None, shared steps).
@@ -164,60 +175,8 @@ def plan(signatures: Sequence[Sequence[str]], min_shared: int | float = 1) -> li
 
 
 # --------------------------------------------------------------------------------------
-# Launchers and executor
+# From the plan to tasks: what one run needs to start anywhere
 # --------------------------------------------------------------------------------------
-
-
-class Launcher(Protocol):
-    def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
-        """Run ``task`` to completion; return its record (the content of record.json)."""
-
-
-class LocalLauncher:
-    """Runs each task in this process through :func:`replaytune.train.loop.train`."""
-
-    def __init__(self, progress: bool = True, callbacks: Sequence[Callable[[Any], None]] = ()):
-        self.progress = progress
-        self.callbacks = list(callbacks)
-
-    def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
-        from replaytune.train import train
-
-        # a started run continues from its last checkpoint, or (killed before one) starts again
-        # from its branch point: the loop prefers a checkpoint to init_from
-        return train(task.cfg, resume=rundir.is_started(task.run_dir), init_from=init_from, save_at=task.save_at,
-                     progress=self.progress, callbacks=self.callbacks)
-
-
-class TorchrunLauncher:
-    """Runs each task as ``torchrun --nproc_per_node N -m replaytune.cli train ...``.
-
-    The resolved config is written to the run directory first; the command line is the
-    same one a cluster job script would run on each node (add ``--nnodes``, ``--node_rank``
-    and ``--rdzv_endpoint`` through ``extra``).
-    """
-
-    def __init__(self, nproc_per_node: int = 1, extra: Sequence[str] = ()):
-        self.nproc = nproc_per_node
-        self.extra = list(extra)
-
-    def command(self, task: Task, init_from: Path | None) -> list[str]:
-        cfg_path = task.run_dir / "sweep-config.yaml"
-        cmd = ["torchrun", f"--nproc_per_node={self.nproc}", *self.extra, "-m", "replaytune.cli", "train",
-               str(cfg_path), "--resume"]
-        if init_from is not None:
-            cmd += ["--init-from", str(init_from)]
-        if task.save_at:
-            cmd += ["--save-at", ",".join(str(s) for s in task.save_at)]
-        return cmd
-
-    def launch(self, task: Task, init_from: Path | None) -> Mapping[str, Any]:
-        task.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(task.run_dir / "sweep-config.yaml", cfgmod.dump_yaml(task.cfg))
-        cmd = self.command(task, init_from)
-        print("+", shlex.join(cmd), file=sys.stderr)
-        subprocess.run(cmd, check=True)
-        return rundir.read_record(task.run_dir)
 
 
 def build_tasks(
@@ -276,6 +235,150 @@ def _one_eval_cadence(tasks: Sequence[Task]) -> None:
         t.cfg = t.cfg.model_copy(update={"eval": t.cfg.eval.model_copy(update={"interval": interval})})
 
 
+@dataclass(frozen=True)
+class RunTask:
+    """One run of a sweep, ready to start: plain data, the same for every executor.
+
+    The scheduler (:func:`execute`) makes it from a planned :class:`Task` once the run may
+    start (its branch checkpoint is on disk); an executor runs it with :func:`run_task`
+    wherever it likes: in this process, in a local worker process, or in a Ray task on
+    another node. It holds paths and strings only, so it pickles, and any machine that
+    sees the same storage can run it. Running it twice is harmless: a second start
+    continues from the run directory's last checkpoint, or returns the finished record.
+    """
+
+    index: int
+    name: str
+    config_json: str  # the resolved run config; its out_dir is run_dir
+    run_dir: str
+    init_from: str | None = None  # the checkpoint of another run this one branches from
+    save_at: tuple[int, ...] = ()  # steps to checkpoint and keep: later runs branch from them
+    procs: int | None = None  # None: train in the calling process; N: under torchrun, N processes
+    torchrun_args: tuple[str, ...] = ()  # extra torchrun flags (--nnodes, --rdzv_endpoint, ...)
+
+    def config(self) -> RunConfig:
+        return RunConfig.model_validate_json(self.config_json)
+
+    def start_step(self) -> int:
+        """The step a start now would begin at: the last checkpoint, else the branch point, else 0."""
+        done = rundir.checkpoint_steps(self.run_dir)
+        if done:
+            return done[-1]
+        if self.init_from is not None:
+            return rundir.step_of(Path(self.init_from).name) or 0
+        return 0
+
+
+@dataclass(eq=False)  # a handle of the in-process executor: hashed by identity
+class Outcome:
+    """What a finished task reports: its record, and the step its successful attempt began at."""
+
+    record: Mapping[str, Any]
+    started_at: int | None = None  # None: unknown, or the run had finished before this start
+
+
+TORCHRUN_CONFIG = "sweep-config.yaml"  # the resolved config a torchrun'd run reads, in its run directory
+
+
+def torchrun_command(job: RunTask) -> list[str]:
+    """``python -m torch.distributed.run ... -m replaytune.cli train CONFIG --resume [...]`` for ``job``.
+
+    The interpreter running this is the one torchrun starts (on a Ray node, the worker's own
+    environment). Without rendezvous flags in ``job.torchrun_args`` the run is one node's
+    (``--standalone``: a free port per run, so runs sharing a node do not collide).
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    if not any(a.startswith(("--nnodes", "--rdzv", "--master")) for a in job.torchrun_args):
+        cmd.append("--standalone")
+    cmd += [f"--nproc_per_node={job.procs or 1}", *job.torchrun_args, "-m", "replaytune.cli", "train",
+            str(Path(job.run_dir) / TORCHRUN_CONFIG), "--resume"]
+    if job.init_from is not None:
+        cmd += ["--init-from", job.init_from]
+    if job.save_at:
+        cmd += ["--save-at", ",".join(str(s) for s in job.save_at)]
+    return cmd
+
+
+def run_task(job: RunTask, *, threads: int | None = None, progress: bool = False,
+             callbacks: Sequence[Callable[[Any], None]] = ()) -> Outcome:
+    """Run ``job`` to completion here; every executor's worker calls this.
+
+    A started run continues from its last checkpoint, or (killed before one) starts again from
+    its branch point: the loop prefers a checkpoint to ``init_from``. ``threads`` sets torch's
+    thread count (results depend on it: the executors fix it per run); under torchrun the
+    processes share them (``OMP_NUM_THREADS``).
+    """
+    run_dir = Path(job.run_dir)
+    started = None if rundir.is_finished(run_dir) else job.start_step()
+    if job.procs is None:
+        from replaytune.train import train
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        record = train(job.config(), resume=rundir.is_started(run_dir), init_from=job.init_from,
+                       save_at=job.save_at, progress=progress, callbacks=list(callbacks))
+        return Outcome(record, started)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / TORCHRUN_CONFIG, cfgmod.dump_yaml(job.config()))
+    cmd = torchrun_command(job)
+    env = dict(os.environ)
+    if threads is not None:  # the run's CPUs, shared by its processes
+        env["OMP_NUM_THREADS"] = str(max(1, threads // (job.procs or 1)))
+    print("+", shlex.join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, env=env)
+    return Outcome(rundir.read_record(run_dir), started)
+
+
+# --------------------------------------------------------------------------------------
+# Launchers: how one run is started by the in-process executor
+# --------------------------------------------------------------------------------------
+
+
+class Launcher(Protocol):
+    def launch(self, job: RunTask) -> Outcome | Mapping[str, Any]:
+        """Run ``job`` to completion; return its outcome (or just its record)."""
+
+
+class LocalLauncher:
+    """Runs each task in this process through :func:`replaytune.train.loop.train`."""
+
+    def __init__(self, progress: bool = True, callbacks: Sequence[Callable[[Any], None]] = ()):
+        self.progress = progress
+        self.callbacks = list(callbacks)
+
+    def launch(self, job: RunTask) -> Outcome:
+        return run_task(job, progress=self.progress, callbacks=self.callbacks)
+
+
+class TorchrunLauncher:
+    """Runs each task as ``torchrun --nproc_per_node N -m replaytune.cli train ...``.
+
+    The resolved config is written to the run directory first; the command line is the
+    same one a cluster job script would run on each node (add ``--nnodes``, ``--node_rank``
+    and ``--rdzv_endpoint`` through ``extra``).
+    """
+
+    def __init__(self, nproc_per_node: int = 1, extra: Sequence[str] = ()):
+        self.nproc = nproc_per_node
+        self.extra = tuple(extra)
+
+    def _job(self, job: RunTask) -> RunTask:
+        return replace(job, procs=self.nproc, torchrun_args=self.extra)
+
+    def command(self, job: RunTask) -> list[str]:
+        return torchrun_command(self._job(job))
+
+    def launch(self, job: RunTask) -> Outcome:
+        return run_task(self._job(job))
+
+
+# --------------------------------------------------------------------------------------
+# The scheduler and the local executors
+# --------------------------------------------------------------------------------------
+
+
 @dataclass
 class SweepResult:
     records: list[Mapping[str, Any]]
@@ -310,7 +413,121 @@ def _decide(task: Task, tasks: Sequence[Task]) -> tuple[Mapping[str, Any] | None
             how = f"branch checkpoint {ck} missing, computing from scratch"
     if finished:  # finished, but checkpoints that later runs branch from are gone: redo it
         (task.run_dir / rundir.RECORD).unlink()
+    elif rundir.is_resumable(task.run_dir):
+        how = f"resuming from its checkpoint at step {rundir.checkpoint_steps(task.run_dir)[-1]}"
     return None, init_from, how
+
+
+class Executor(Protocol):
+    """Where tasks run. :func:`execute` decides when each may start; an executor starts it and
+    reports back. ``max_running``: tasks handed to it at once."""
+
+    label: str
+    max_running: int
+
+    def start(self, root: Path, on_step: Callable[[int, int], None]) -> None:
+        """Get ready; ``root`` holds the run directories; call ``on_step(index, step)`` per update if it can."""
+
+    def submit(self, job: RunTask) -> Any:
+        """Start ``job``; return a handle."""
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        """The handles that finished (none if ``timeout`` seconds pass first)."""
+
+    def outcome(self, handle: Any) -> Outcome:
+        """A finished task's outcome; raises the run's own error if it failed."""
+
+    def close(self) -> None:
+        """Release workers (tasks still running are stopped)."""
+
+
+def _as_outcome(value: Outcome | Mapping[str, Any]) -> Outcome:
+    return value if isinstance(value, Outcome) else Outcome(value)
+
+
+class InlineExecutor:
+    """One task at a time in this process, through a :class:`Launcher` (default: :class:`LocalLauncher`)."""
+
+    label = "sweep"
+    max_running = 1
+
+    def __init__(self, launcher: Launcher | None = None):
+        self.launcher = launcher
+
+    def start(self, root: Path, on_step: Callable[[int, int], None]) -> None:
+        if self.launcher is None:
+            self.launcher = LocalLauncher(callbacks=[lambda trainer: on_step(self._index, trainer.step)])
+        self._index = -1
+
+    def submit(self, job: RunTask) -> Outcome:
+        self._index = job.index
+        assert self.launcher is not None
+        return _as_outcome(self.launcher.launch(job))  # runs it now; the handle is its outcome
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        return list(handles)
+
+    def outcome(self, handle: Outcome) -> Outcome:
+        return handle
+
+    def close(self) -> None:
+        pass
+
+
+def _process_worker(job: RunTask, queue: Any) -> Outcome:
+    """Entry point of a local worker process (spawned: no state shared with the parent).
+
+    Each completed update puts ``(index, step)`` on ``queue`` for the parent's progress bar.
+    """
+    return run_task(job, threads=1, callbacks=[lambda trainer: queue.put((job.index, trainer.step))])
+
+
+class ProcessExecutor:
+    """``workers`` local processes, one torch thread each.
+
+    On 2 cores two single-threaded processes train tiny models faster than one process with
+    two threads (BENCHMARKS.md). Floating-point results depend on the thread count, so a
+    sweep is bit-reproducible for a fixed ``workers`` setting (one thread per run).
+    """
+
+    def __init__(self, workers: int):
+        self.max_running = workers
+        self.label = f"sweep ({workers} workers)"
+
+    def start(self, root: Path, on_step: Callable[[int, int], None]) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        self.on_step = on_step
+        self.manager = ctx.Manager()
+        self.queue = self.manager.Queue()
+        self.pool = ProcessPoolExecutor(max_workers=self.max_running, mp_context=ctx)
+
+    def submit(self, job: RunTask) -> Any:
+        return self.pool.submit(_process_worker, job, self.queue)
+
+    def _drain(self) -> None:
+        while not self.queue.empty():
+            self.on_step(*self.queue.get_nowait())
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
+        self._drain()
+        return list(done)
+
+    def outcome(self, handle: Any) -> Outcome:
+        return handle.result()  # a failed run raises here, with its own message
+
+    def close(self) -> None:
+        if getattr(self, "pool", None) is None:
+            return  # never started
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self._drain()
+        self.manager.shutdown()
+        self.pool = None
 
 
 def execute(
@@ -318,89 +535,56 @@ def execute(
     launcher: Launcher | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
     workers: int = 1,
+    executor: Executor | None = None,
 ) -> SweepResult:
     """Run every task, skipping finished ones, branching where planned.
 
-    With ``workers > 1`` (and no custom launcher) runs go to that many processes, one torch
-    thread each; a run starts as soon as the checkpoint it branches from exists (the parent
-    may still be running: the demo's first run would otherwise hold the second core idle
-    for its whole length). On 2 cores two
-    single-threaded processes train tiny models faster than one process with two threads
-    (BENCHMARKS.md). Floating-point results depend on the thread count, so a sweep is
-    bit-reproducible for a fixed ``workers`` setting.
+    Where runs execute is the ``executor``'s business: by default one after another in this
+    process (:class:`InlineExecutor` with ``launcher``), or with ``workers > 1`` (and no
+    launcher) in that many local processes (:class:`ProcessExecutor`); on a Ray cluster with
+    :class:`replaytune.cluster.RayExecutor`. The scheduling is the same for all: a run starts
+    as soon as the checkpoint it branches from exists (the parent may still be running: the
+    demo's first run would otherwise hold the second core idle for its whole length), a run
+    finished earlier is skipped, a half-done one resumes.
     """
     total = sum(t.steps for t in tasks)
     computed = sum(t.computed_steps for t in tasks)
-    if workers > 1 and launcher is None:
-        return _execute_parallel(tasks, workers, log, total, computed)
-    overall = None
-    if launcher is None:
-        # one bar over every step the sweep computes, beside each run's own bar
-        from tqdm.auto import tqdm
-
-        overall = tqdm(total=computed, desc="sweep", unit="step", position=1, leave=True, dynamic_ncols=True)
-        launcher = LocalLauncher(callbacks=[lambda trainer: overall.update(1)])
-    records, skipped = [], []
-    t0 = time.time()
-    for n, task in enumerate(tasks, 1):
-        record, init_from, how = _decide(task, tasks)
-        log(f"[{n}/{len(tasks)}] {task.cfg.name}: {task.steps} steps, {how} ({time.time() - t0:.0f} s elapsed)")
-        if record is not None:
-            records.append(record)
-            skipped.append(task.cfg.name)
-            continue
-        records.append(launcher.launch(task, init_from))
-    if overall is not None:
-        overall.close()
-    return SweepResult(records, total, computed, skipped)
+    if executor is None:
+        executor = ProcessExecutor(workers) if workers > 1 and launcher is None else InlineExecutor(launcher)
+    show = launcher is None  # a launcher given by the caller reports (or not) on its own
+    return _schedule(tasks, executor, log, total, computed, show)
 
 
-def _worker_train(cfg_json: str, init_from: str | None, save_at: list[int], queue: Any = None, index: int = 0) -> dict[str, Any]:
-    """Entry point of a sweep worker process (spawned: no state shared with the parent).
-
-    Each completed update puts ``(index, step)`` on ``queue`` for the parent's progress bar.
-    """
-    import torch
-
-    from replaytune.config import RunConfig
-    from replaytune.train import train
-
-    torch.set_num_threads(1)
-    cfg = RunConfig.model_validate_json(cfg_json)
-    callbacks = [] if queue is None else [lambda trainer: queue.put((index, trainer.step))]
-    return train(cfg, resume=rundir.is_started(cfg.out_dir), init_from=None if init_from is None else Path(init_from),
-                 save_at=save_at, progress=False, callbacks=callbacks)
-
-
-def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], None], total: int, computed: int) -> SweepResult:
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
+def _schedule(tasks: Sequence[Task], executor: Executor, log: Callable[[str], None], total: int, computed: int,
+              show: bool) -> SweepResult:
     from tqdm.auto import tqdm
 
     records: dict[int, Mapping[str, Any]] = {}
     skipped: list[str] = []
     waiting = list(range(len(tasks)))
-    running: dict[Any, int] = {}
-    t0 = time.time()
-    bar = tqdm(total=computed, desc=f"sweep ({workers} workers)", unit="step", dynamic_ncols=True)
-    ctx = mp.get_context("spawn")
-    manager = ctx.Manager()
-    queue = manager.Queue()
+    running: dict[Any, int] = {}  # handle -> task index
+    expected: dict[int, int] = {}  # the step each submitted task should start at
+    counted: dict[int, int] = {}  # updates reported per task
     at: dict[int, int] = {}  # latest step of each running task
+    inline = isinstance(executor, InlineExecutor)
+    bar: Any = None
 
-    def drain() -> None:
-        moved = 0
-        while not queue.empty():
-            i, step = queue.get_nowait()
-            moved += 1
-            at[i] = step
-        if moved:
-            bar.update(moved)
-            bar.set_postfix_str(", ".join(f"{tasks[i].cfg.name} {at.get(i, tasks[i].branch_step)}/{tasks[i].steps}"
-                                          for i in running.values()), refresh=False)
+    def on_step(i: int, step: int) -> None:
+        counted[i] = counted.get(i, 0) + 1
+        at[i] = step
+        if counted[i] <= tasks[i].computed_steps:
+            bar.update(1)
+        if not inline:
+            bar.set_postfix_str(", ".join(f"{tasks[j].cfg.name} {at.get(j, tasks[j].branch_step)}/{tasks[j].steps}"
+                                          for j in running.values()), refresh=False)
 
-    with manager, ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    root = Path(os.path.commonpath([str(t.run_dir.resolve()) for t in tasks])) if tasks else Path(".")
+    try:
+        executor.start(root, on_step)  # may take a while (a Ray instance starting): the clock starts after it
+        t0 = time.time()
+        # in-process runs draw their own bar at position 0; this one counts every step the sweep computes
+        bar = tqdm(total=computed, desc=executor.label, unit="step", dynamic_ncols=True, disable=not show,
+                   position=1 if inline else None, leave=True)
         while waiting or running:
             for i in list(waiting):
                 task = tasks[i]
@@ -408,7 +592,7 @@ def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], 
                 if parent is not None and parent not in records and not branch_checkpoint(
                         tasks[parent], task.branch_step).exists():
                     continue  # its branch point is not computed yet (a checkpoint appears whole, by rename)
-                if len(running) >= workers:
+                if len(running) >= executor.max_running:
                     break
                 waiting.remove(i)
                 record, init_from, how = _decide(task, tasks)
@@ -418,20 +602,25 @@ def _execute_parallel(tasks: Sequence[Task], workers: int, log: Callable[[str], 
                     skipped.append(task.cfg.name)
                     bar.update(task.computed_steps)
                     continue
-                fut = pool.submit(_worker_train, task.cfg.model_dump_json(), str(init_from) if init_from else None,
-                                  list(task.save_at), queue, i)
-                running[fut] = i
+                job = task.job(init_from)
+                expected[i] = job.start_step()
+                running[executor.submit(job)] = i
             if not running:
                 if waiting:  # cannot happen: a run only branches from an earlier one
                     raise RuntimeError(f"sweep stalled: {[tasks[i].cfg.name for i in waiting]} wait on unfinished runs")
                 continue
-            finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
-            drain()
-            for fut in finished:
-                i = running.pop(fut)
-                records[i] = fut.result()  # a failed run raises here, with its own message
-        drain()
-    bar.close()
+            for handle in executor.wait(list(running), timeout=0.5):
+                i = running.pop(handle)
+                out = executor.outcome(handle)
+                records[i] = out.record
+                bar.update(max(0, tasks[i].computed_steps - counted.get(i, 0)))
+                if out.started_at is not None and out.started_at != expected[i]:
+                    log(f"{tasks[i].cfg.name}: an attempt of the run died and was retried; it resumed from its "
+                        f"checkpoint at step {out.started_at}")
+    finally:
+        executor.close()
+        if bar is not None:
+            bar.close()
     return SweepResult([records[i] for i in range(len(tasks))], total, computed, skipped)
 
 

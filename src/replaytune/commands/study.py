@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from replaytune.commands import REPORT_TO_METAVAR, report_override, report_to
+from replaytune.commands import REPORT_TO_METAVAR, add_launcher_flags, make_executor, report_override, report_to
 
 
 def _run(args) -> int:
     from replaytune import report, study
 
+    executor = make_executor(args)
     extra = (["replay_search=true"] if args.auto else []) + report_override(args)
     cfg = study.load_study(args.config, args.set + extra, preset=args.preset)
-    results = study.run_study(cfg, args.out, share_prefixes=not args.no_share, workers=args.workers)
+    results = study.run_study(cfg, args.out, share_prefixes=not args.no_share, workers=args.workers or 1,
+                              executor=executor)
     written = report.build_report(args.out)
     m = results["multipliers"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}x"  # noqa: E731
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="study-out", help="output directory (default: study-out)")
     p.add_argument("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
                    help="every run also logs to these trackers, comma-separated")
-    p.add_argument("--workers", type=int, default=1, help="runs at once in separate processes, one thread each")
+    add_launcher_flags(p)
     p.add_argument("--no-share", action="store_true", help="do not share common prefixes between runs")
     p.add_argument("--auto", action="store_true",
                    help="also run the replay-fraction search (finetune --replay-fraction auto) on the fine-tuning grid "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from replaytune.commands import REPORT_TO_METAVAR, report_override, report_to
+from replaytune.commands import REPORT_TO_METAVAR, add_launcher_flags, make_executor, report_override, report_to
 
 
 def _run(args) -> int:
     from replaytune import sweep
 
+    executor = make_executor(args)
     configs, out_dir = sweep.load_sweep(args.config, args.set + report_override(args))
     if args.out:
         from pathlib import Path
@@ -24,8 +25,9 @@ def _run(args) -> int:
         print(f"  {t.cfg.name:40s} {t.steps:7d} steps  {src}  -> {t.run_dir}")
     if args.dry_run:
         return 0
-    launcher = sweep.TorchrunLauncher(args.nproc_per_node) if args.torchrun else sweep.LocalLauncher()
-    result = sweep.execute(tasks, None if args.workers > 1 and not args.torchrun else launcher, workers=args.workers)
+    workers = args.workers or 1
+    launcher = sweep.TorchrunLauncher(args.nproc_per_node) if args.torchrun else None
+    result = sweep.execute(tasks, launcher, workers=workers, executor=executor)
     path = sweep.write_summary(out_dir, tasks, result)
     print(f"done: {len(result.records)} runs ({len(result.skipped)} finished earlier); summary in {path}")
     return 0
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="every run also logs to these trackers, comma-separated")
     p.add_argument("--no-share", action="store_true", help="compute every run from scratch")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the compute saved, run nothing")
-    p.add_argument("--workers", type=int, default=1, help="runs at once in separate processes, one thread each")
-    p.add_argument("--torchrun", action="store_true", help="launch each run with torchrun instead of in-process")
+    add_launcher_flags(p)
+    p.add_argument("--torchrun", action="store_true", help="local: launch each run with torchrun instead of in-process")
     p.add_argument("--nproc-per-node", type=int, default=1, help="processes per run with --torchrun")
     p.set_defaults(func=_run)
