@@ -422,6 +422,8 @@ def prepare(
         return existing, {**existing.meta.get("stats", {}), "up_to_date": True}
     because = describe_changes(existing.meta, content, tinfo, settings) if existing is not None else []
 
+    if max_tokens is not None:  # check the cap often enough to overshoot it by ~1/8 at most (~4 characters a token)
+        batch_chars = max(1 << 14, min(batch_chars, max_tokens // 2))
     t0 = time.perf_counter()
     bar = _progress_bar(progress, reader, spec.display_name)
     with StoreWriter(out, tinfo["vocab_size"], loss_mask=spec.kind != "text") as writer:

@@ -144,6 +144,34 @@ def plan_replay(
     return ReplayPlan(rho, unit, float(epochs), batch_size, seq_len, sequences, units, sched, steps)
 
 
+def replay_read_cap(
+    target: TokenStore, *, replay_fraction: float, epochs: float, seq_len: int, batch_size: int, unit: str = "tokens",
+    val_fraction: float | None = None, eval_sequences: int = 64, margin: float = 0.1,
+) -> int | None:
+    """Tokens to read from a text replay source: what the run draws, plus held-out and a margin.
+
+    The weights are :func:`plan_replay`'s for a text replay source (every token carries loss,
+    so a sequence brings ``seq_len`` tokens or 1 sequence). The held-out split takes
+    ``val_fraction`` of what is read, and must hold ``eval_sequences`` sequences. None: read
+    everything (no replay, or a unit a text source cannot be sized in ahead).
+    """
+    if replay_fraction <= 0 or unit == "examples":
+        return None
+    n_target = target.train.num_sequences(seq_len)
+    u_target = float(sequence_units(target, seq_len, unit).mean()) if n_target else 0.0
+    if n_target < 1 or u_target <= 0:
+        return None  # plan_replay refuses this target with its own message
+    u_replay = float(seq_len) if unit == "tokens" else 1.0
+    fp = schedule.finetune(n_target / batch_size, epochs, replay_fraction, units=(u_target, u_replay))
+    drawn = math.ceil(fp.steps * batch_size * fp.schedule.stages[0].weights[GENERIC])
+    train_tokens = drawn * seq_len + 1
+    if val_fraction:
+        need = max(train_tokens / (1.0 - val_fraction), eval_sequences * (seq_len + 1) / val_fraction)
+    else:  # a count of held-out documents: their size is unknown ahead, the margin covers them
+        need = train_tokens + eval_sequences * (seq_len + 1)
+    return int(math.ceil(need * (1.0 + margin))) + seq_len
+
+
 def realised_units(mixture, stores: Mapping[str, TokenStore], seq_len: int, unit: str = "tokens", steps: int | None = None) -> dict[str, float]:
     """``unit`` drawn from each source by the first ``steps`` steps of ``mixture`` (exact).
 
