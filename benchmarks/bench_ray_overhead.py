@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -28,6 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# the local Ray instance listens and connects on 127.0.0.1 only (read when Ray is imported)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def make_stores(root: Path, vocab: int = 64) -> dict[str, Path]:

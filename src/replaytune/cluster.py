@@ -32,8 +32,10 @@ Ray is imported inside functions only: without it installed, everything else wor
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -46,11 +48,18 @@ from replaytune.sweep import Outcome, RunTask, run_task
 INSTALL_HINT = "pip install 'replaytune[ray]'"
 # errors a lost node or a killed attempt can leave behind; anything else the run raises is its own
 RETRY_ON = (rundir.RunLocked, OSError, subprocess.CalledProcessError)
-LOCAL_OBJECT_STORE = 256 * 1024**2  # tasks exchange only small records: a small store is plenty
+LOCAL_OBJECT_STORE = 256 * 1024**2
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's local node uses 127.0.0.1  # tasks exchange only small records: a small store is plenty
 
 
-def require_ray():
-    """The ``ray`` module, or a one-line error naming the install command."""
+def require_ray(local: bool = False):
+    """The ``ray`` module, or a one-line error naming the install command.
+
+    ``local``: Ray will run on this machine alone (no ``--address``); imported now, its node
+    listens and connects on the loopback address, not on the machine's network address.
+    """
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY, "0")  # read by Ray when imported
     try:
         import ray
     except ImportError:
@@ -75,7 +84,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     """Join the Ray cluster at ``address`` ("auto": the one started on this machine with
     ``ray start``), or start a Ray instance on this machine (``None``). Returns whether this
     call started Ray (and so should stop it). An instance already initialized is used as is."""
-    ray = require_ray()
+    ray = require_ray(local=address in (None, "local"))
     if address not in (None, "local", "auto"):
         _check_reachable(address)
     if ray.is_initialized():

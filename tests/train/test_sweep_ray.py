@@ -62,6 +62,7 @@ def ray_local():
         kw["_plasma_directory"] = tmp  # a small /dev/shm: keep the object store in the temp dir
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=store, _temp_dir=tmp,
              log_to_driver=False, **kw)
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}  # loopback only (tests/conftest.py)
     yield ray
     ray.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -63,6 +63,6 @@ def make_executor(args):
         raise ConfigError("--torchrun is for --launcher local; with --launcher ray use --gpus-per-run K")
     from replaytune.cluster import RayExecutor, require_ray
 
-    require_ray()  # before anything is planned or written
+    require_ray(local=args.address in (None, "local"))  # before anything is planned or written
     return RayExecutor(args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,
                        max_retries=args.max_retries, max_running=args.workers)
