@@ -278,12 +278,10 @@ def build_model(
     from transformers import LlamaForCausalLM
 
     if spec.pretrained is not None:
+        # a 4-bit base keeps its unquantized parts (embedding, head, norms) in bf16 as loaded:
+        # they are frozen, and bf16 autocast computes with them as it does with a bf16 LoRA base
+        # (peft's k-bit preparation would upcast them to fp32: 4.2 GB more for an 8B model)
         model = load_pretrained(spec, dtype=frozen_dtype(spec, precision, parallel), device=device, meta=meta)
-        if spec.load_in_4bit:
-            from peft import prepare_model_for_kbit_training
-
-            # norms, embeddings and head to fp32, input gradients on (for activation checkpointing)
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         config = preset_config(
             str(spec.preset),
