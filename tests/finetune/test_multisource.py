@@ -345,3 +345,22 @@ def test_replay_dataset_from_stores_takes_several_sources(assets, tmp_path):
     run_cfg = build_run_config(cfg, ds.plan, {n: data / n for n in stores}, tmp_path / "run", None)
     assert ds.mixture.fingerprint() == RunPlan(run_cfg, stores).phases[0].mixture.fingerprint()
     assert {s for s, _ in ds.batch_items(0)} <= set(stores)
+
+
+def test_a_large_replay_source_among_several_is_read_for_its_part(assets, tmp_path):
+    from .test_replay_cap import _big_replay
+
+    big = _big_replay(tmp_path / "web.jsonl", 6000)
+    values = base_values(assets, tmp_path / "out", epochs=2,
+                         target=[{"path": str(assets.target), "weight": 3}, {"path": str(assets.instruction), "weight": 1}],
+                         replay=[{"path": str(big), "weight": 1, "val": 0.2}, {"path": str(assets.generic), "weight": 1, "val": 10}])
+    res = run_finetune(load_config(None, values), prepare_only=True, log=lambda s: None)
+    plan = res.summary["plan"]
+    half = TokenStore(res.output / "data" / "generic.web").meta["stats"]
+    assert half["complete"] is False  # read only as far as its half of the replay needs
+    assert plan["realised"]["epochs"]["generic.web"] <= 1.0  # and that was enough: no sequence repeats
+    # alone on the replay side it gets all of rho: it reads further
+    values.update(output=str(tmp_path / "alone"), replay={"path": str(big), "val": 0.2})
+    run_finetune(load_config(None, values), prepare_only=True, log=lambda s: None)
+    alone = TokenStore(tmp_path / "alone" / "data" / "generic").meta["stats"]
+    assert alone["documents_read"] > half["documents_read"]

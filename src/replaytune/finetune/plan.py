@@ -207,8 +207,9 @@ def plan_for(cfg: FinetuneConfig, stores: Mapping[str, TokenStore], *, replay_fr
 
 
 def replay_read_cap(
-    target: TokenStore, *, replay_fraction: float, epochs: float, seq_len: int, batch_size: int, unit: str = "tokens",
-    val_fraction: float | None = None, eval_sequences: int = 64, margin: float = 0.1,
+    target: TokenStore | Mapping[str, TokenStore], *, replay_fraction: float, epochs: float, seq_len: int,
+    batch_size: int, unit: str = "tokens", val_fraction: float | None = None, eval_sequences: int = 64,
+    margin: float = 0.1, weights: Mapping[str, float] | None = None, part: float = 1.0,
 ) -> int | None:
     """Tokens to read from a text replay source: what the run draws, plus held-out and a margin.
 
@@ -216,15 +217,26 @@ def replay_read_cap(
     so a sequence brings ``seq_len`` tokens or 1 sequence). The held-out split takes
     ``val_fraction`` of what is read, and must hold ``eval_sequences`` sequences. None: read
     everything (no replay, or a unit a text source cannot be sized in ahead).
+
+    Several target sources: a mapping by name, with ``weights``. A replay source that is one of
+    several has ``part`` of the replay side; the others are not tokenized yet and are taken to
+    bring as much per sequence as this one. What this source draws does not depend on them
+    but through the step count's rounding up (less than one batch), which the margin covers.
     """
     if replay_fraction <= 0 or unit == "examples":
         return None
-    n_target = target.train.num_sequences(seq_len)
-    u_target = float(sequence_units(target, seq_len, unit).mean()) if n_target else 0.0
-    if n_target < 1 or u_target <= 0:
-        return None  # plan_replay refuses this target with its own message
+    targets, units = _named(TARGET, target), {}
+    for name, store in targets.items():
+        n = store.train.num_sequences(seq_len)
+        units[name] = float(sequence_units(store, seq_len, unit).mean()) if n else 0.0
+        if n < 1 or units[name] <= 0:
+            return None  # plan_replay refuses this target with its own message
+    n_target = sum(store.train.num_sequences(seq_len) for store in targets.values())
     u_replay = float(seq_len) if unit == "tokens" else 1.0
-    fp = schedule.finetune(n_target / batch_size, epochs, replay_fraction, units=(u_target, u_replay))
+    replay = {GENERIC: float(part), **({f"{GENERIC}.others": 1.0 - part} if part < 1 else {})}
+    fp = schedule.finetune(n_target / batch_size, epochs, replay_fraction, units={**units, **{n: u_replay for n in replay}},
+                           target=_side_arg({n: float((weights or {}).get(n, 1.0)) for n in targets}),
+                           generic=_side_arg(replay))
     drawn = math.ceil(fp.steps * batch_size * fp.schedule.stages[0].weights[GENERIC])
     train_tokens = drawn * seq_len + 1
     if val_fraction:

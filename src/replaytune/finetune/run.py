@@ -167,14 +167,14 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
     from replaytune.data.prepare import format_stats, prepare
 
     result = {}
-    for role, src in sorted(sources.items(), key=lambda kv: kv[0] != TARGET):  # the target first: it sizes the replay
+    for role, src in sorted(sources.items(), key=lambda kv: kv[1].role != TARGET):  # the target first: it sizes the replay
         if src.store is not None:
             store = TokenStore(src.store)
             check_store_tokenizer(role, store, tok)
             result[role] = (store, {**store.meta.get("stats", {}), "given_store": True})
             continue
         max_length = None if src.kind == "text" else (cfg.max_length or cfg.seq_len)
-        cap = _replay_cap(cfg, src, result[TARGET][0]) if role != TARGET and src.kind == "text" else None
+        cap = _replay_cap(cfg, src, result) if src.role != TARGET and src.kind == "text" else None
         store, stats = prepare(
             src.spec(cfg.strict), tok, out / "data" / role, seed=cfg.seed, max_length=max_length,
             chat_template=cfg.chat_template, skip_invalid=cfg.skip_invalid, progress=cfg.progress, **src.val(),
@@ -185,15 +185,19 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
     return result
 
 
-def _replay_cap(cfg: FinetuneConfig, src: Source, target: TokenStore) -> int | None:
-    """Tokens of a text replay source worth tokenizing: what the largest replay fraction draws."""
+def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[TokenStore, Any]]) -> int | None:
+    """Tokens of a text replay source worth tokenizing: what the largest replay fraction draws (its part of it)."""
     from replaytune.finetune.plan import replay_read_cap
 
     rho = max(cfg.replay_candidates) if cfg.auto_replay else cfg.rho
     val = src.val()
-    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS.get(target.kind, 1.0)
-    return replay_read_cap(target, replay_fraction=rho, epochs=epochs, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                           unit=cfg.replay_unit, val_fraction=val.get("val_fraction"), eval_sequences=cfg.eval_sequences)
+    targets = {n: (prepared[n][0], arg.weight) for n, (side, arg) in source_names(cfg).items() if side == TARGET}
+    epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS.get(t.kind, 1.0) for t, _ in targets.values())
+    part = src.arg.weight / sum(arg.weight for arg in cfg.replay_sources)
+    return replay_read_cap(targets[TARGET][0] if TARGET in targets else {n: t for n, (t, _) in targets.items()},
+                           replay_fraction=rho, epochs=epochs, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                           unit=cfg.replay_unit, val_fraction=val.get("val_fraction"), eval_sequences=cfg.eval_sequences,
+                           weights={n: w for n, (_, w) in targets.items()}, part=part)
 
 
 def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Path], run_dir: Path, tokenizer_dir: Path | None) -> rconfig.RunConfig:
