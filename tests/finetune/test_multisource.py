@@ -114,15 +114,19 @@ def test_bad_source_lists_name_the_field_and_the_value(assets, tmp_path):
         with pytest.raises(ConfigError, match=match):
             load_config(None, base_values(assets, tmp_path / "o", **values))
 
-    fails(r"replay source 2 of 2: field 'weight': Input should be greater than 0",
+    fails(r"^finetune flags: field 'replay\.1\.weight': Input should be greater than 0$",
           replay=[{"path": "a.jsonl"}, {"path": "b.jsonl", "weight": -1}])
-    fails(r"replay source 1 of 2: field 'weight': Input should be a finite number",
+    fails(r"^finetune flags: field 'replay\.0\.weight': Input should be a finite number$",
           replay=[{"path": "a.jsonl", "weight": float("inf")}, {"path": "b.jsonl"}])
     fails(r"target: an empty list; give at least one source", target=[])
     fails(r"replay: two sources are named 'web'; give each its own name",
           replay=[{"path": "a.jsonl", "name": "web"}, {"path": "b.jsonl", "name": "web"}])
-    fails(r"target source 2 of 2: field 'name': String should match pattern",
+    fails(r"field 'target\.1\.name': String should match pattern",
           target=[{"path": "a.jsonl"}, {"path": "b.jsonl", "name": "a/b"}])
+    # one source: the field as before
+    fails(r"^finetune flags: field 'target\.kind': must be one of 'auto', 'text', 'chat' or 'instruction'$",
+          target={"path": "a.jsonl", "kind": "bogus"})
+    fails(r"^finetune flags: field 'replay\.weight': Input should be greater than 0$", replay={"path": "b.jsonl", "weight": 0})
 
 
 def test_names_are_readable_unique_and_valid_as_folders(assets, tmp_path):

@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from replaytune.config import Frozen, LoraSpec, format_validation_error, read_yaml_mapping
+from replaytune.config import Frozen, LoraSpec, format_validation_error, read_yaml_mapping, validation_messages
 from replaytune.data import sources as data_sources
 from replaytune.data.store import TokenStore, is_store
 from replaytune.errors import ConfigError, DataError
@@ -192,23 +192,21 @@ class FinetuneConfig(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _source_lists(cls, data):
-        """A list of sources, each checked with its position named; a list of one is that source."""
+        """Each source checked on its own, its errors naming ``target.kind`` or ``replay.1.weight``; a list of one is that source."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
         for key in (TARGET, "replay"):
             value = data.get(key)
+            if value is None:
+                continue
             if not isinstance(value, (list, tuple)):
+                data[key] = _check_source(value, key)
                 continue
             if not value:
                 raise ValueError(f"{key}: an empty list; give at least one source" if key == TARGET
                                  else "replay: an empty list; give a source or leave replay out")
-            items = []
-            for i, item in enumerate(value, 1):
-                try:
-                    items.append(SourceArg.model_validate(item))
-                except ValidationError as exc:
-                    raise ValueError(format_validation_error(exc, f"{key} source {i} of {len(value)}")) from None
+            items = [_check_source(item, f"{key}.{i}") for i, item in enumerate(value)]
             names = [a.name for a in items if a.name is not None]
             dup = next((n for n in names if names.count(n) > 1), None)
             if dup is not None:
@@ -259,6 +257,13 @@ class FinetuneConfig(Frozen):
     @property
     def peak_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR["lora" if self.lora is not None else "full"]
+
+
+def _check_source(value: Any, at: str) -> SourceArg:
+    try:
+        return SourceArg.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError("; ".join(validation_messages(exc, at))) from None
 
 
 def load_config(path: str | os.PathLike | None = None, values: Mapping[str, Any] | None = None) -> FinetuneConfig:
@@ -322,6 +327,7 @@ def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["eval_include"] = [fix(v) for v in out["eval_include"]]
     elif isinstance(out.get("eval_include"), str):
         out["eval_include"] = fix(out["eval_include"])
+
     def fix_source(src: Any) -> Any:
         if isinstance(src, str):
             if fix(src) != src:  # the whole string is a path beside the file
