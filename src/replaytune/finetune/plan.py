@@ -48,7 +48,8 @@ class ReplayPlan:
     """Sequence weights and step count of a fine-tuning run with replay fraction rho.
 
     ``schedule`` is the run's one stage (from :func:`replaytune.schedule.finetune`); the
-    training config and :class:`replaytune.hf.ReplayDataset` both draw from it.
+    training config and :class:`replaytune.hf.ReplayDataset` both draw from it. Sources are
+    by name; ``sides`` says which side each is on and ``parts`` its part of that side.
     """
 
     replay_fraction: float
