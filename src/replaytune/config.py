@@ -337,15 +337,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
+    return "; ".join(f"{source}: {line}" for line in validation_messages(exc))
+
+
+def validation_messages(exc: ValidationError, at: str = "") -> list[str]:
+    """One ``field 'LOC': message`` per error; ``at`` is put before every LOC (a value checked on its own)."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join([at] * bool(at) + [str(p) for p in err["loc"]])
         msg = err["msg"].removeprefix("Value error, ")
         if err.get("type") == "literal_error" and "expected" in (err.get("ctx") or {}):
             msg = f"must be one of {err['ctx']['expected']}"
         # A whole-model check (e.g. a phase naming an unknown source) names its field itself.
-        lines.append(f"{source}: field '{loc}': {msg}" if loc else f"{source}: {msg}")
-    return "; ".join(lines)
+        lines.append(f"field '{loc}': {msg}" if loc else msg)
+    return lines
 
 
 def validate(data: dict[str, Any], source: str = "config") -> RunConfig:

@@ -12,6 +12,10 @@ Both score exactly the same held-out sequences (a fixed set per source, see
   ``--replay-fraction 0`` the replay source is still evaluated, so the baseline's forgetting
   is measured on the same text.
 
+With several sources on a side (``target.<name>``, ``generic.<name>``) every source has its
+row, and ``sides`` gives each side's loss: its sources' losses averaged with their weights
+within the side (the plan's ``parts``); the target gain and the forgetting are the sides'.
+
 Downstream tasks (``--eval-tasks xcopa_eu``) go through lm-evaluation-harness, an optional
 extra (``pip install 'replaytune[eval]'``); without it they are skipped with a message saying
 so, and the loss report stands on its own. The harness scores the base model and the
@@ -26,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from replaytune.errors import ConfigError
 from replaytune.rundir import RECORD
@@ -52,6 +56,29 @@ def held_out(store, seq_len: int, sequences: int) -> dict[str, int]:
     return {"sequences": int(len(ids)), "loss_tokens": int((targets != IGNORE).sum())}
 
 
+def side_loss(losses: Mapping[str, float | None], parts: Mapping[str, float]) -> float | None:
+    """One side's loss: its sources' losses averaged with their parts of the side (None if one is missing).
+
+    One source: its loss as it is. No sources: None.
+    """
+    if len(parts) == 1:
+        return losses.get(next(iter(parts)))
+    values = [losses.get(name) for name in parts]
+    if not parts or any(v is None for v in values):
+        return None
+    return sum(parts[name] * v for name, v in zip(parts, values)) / sum(parts.values())
+
+
+def _row(base: float | None, final: float | None) -> dict[str, Any]:
+    return {
+        "base": base,
+        "finetuned": final,
+        "change": (final - base) if base is not None and final is not None else None,
+        "base_perplexity": math.exp(base) if base is not None else None,
+        "finetuned_perplexity": math.exp(final) if final is not None else None,
+    }
+
+
 def build_report(run_dir: str | Path, *, plan: dict[str, Any] | None = None, held: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Base (step 0) and final held-out loss per source, with change and perplexities."""
     run_dir = Path(run_dir)
@@ -59,22 +86,22 @@ def build_report(run_dir: str | Path, *, plan: dict[str, Any] | None = None, hel
     metrics = read_metrics(run_dir)
     base = next((m["eval"] for m in metrics if m.get("kind") == "eval" and m.get("step") == 0), None) or {}
     final = (record.get("final") or {}).get("eval") or {}
-    rows = {}
-    for name in record["config"]["data"]["sources"]:
-        b, f = base.get(name), final.get(name)
-        rows[name] = {
-            "base": b,
-            "finetuned": f,
-            "change": (f - b) if b is not None and f is not None else None,
-            "base_perplexity": math.exp(b) if b is not None else None,
-            "finetuned_perplexity": math.exp(f) if f is not None else None,
-            **(held or {}).get(name, {}),
-        }
-    generic = rows.get("generic", {})
+    rows = {name: {**_row(base.get(name), final.get(name)), **(held or {}).get(name, {})}
+            for name in record["config"]["data"]["sources"]}
+    sides = None
+    if (plan or {}).get("sides"):  # several sources on a side: each side's loss too
+        sides = {}
+        for role in ("target", "generic"):
+            parts = {n: plan["parts"][n] for n, r in plan["sides"].items() if r == role}
+            if parts:
+                sides[role] = {"sources": list(parts), **_row(side_loss(base, parts), side_loss(final, parts))}
+    generic = (sides or rows).get("generic", {})
+    target = (sides or rows).get("target", {})
     return {
         "loss": rows,
+        **({"sides": sides} if sides is not None else {}),
         "forgetting": generic.get("change"),
-        "target_gain": (-rows["target"]["change"]) if rows.get("target", {}).get("change") is not None else None,
+        "target_gain": (-target["change"]) if target.get("change") is not None else None,
         "plan": plan or {},
         "steps": record.get("steps"),
         "tokens": record.get("tokens"),
@@ -106,13 +133,20 @@ def format_report(report: dict[str, Any]) -> str:
             f"| {label} | {row.get('sequences', 'n/a')} | {row.get('loss_tokens', 'n/a')} | {_num(row['base'])} | "
             f"{_num(row['finetuned'])} | {_num(row['change'], signed=True)} |"
         )
+    sides = report.get("sides")
+    if sides:  # several sources on a side: the sides' losses, each its sources' weighted mean
+        lines += ["", "| side (its sources, averaged by weight) | base model | fine-tuned | change |", "|---|---:|---:|---:|"]
+        for role, row in sides.items():
+            lines.append(f"| {role} ({', '.join(row['sources'])}) | {_num(row['base'])} | {_num(row['finetuned'])} | "
+                         f"{_num(row['change'], signed=True)} |")
     notes = []
-    if report["loss"].get("target", {}).get("change") is not None:
-        notes.append(f"Target loss {_num(report['loss']['target']['change'], signed=True)} nats per token (lower is better).")
+    target = (sides or report["loss"]).get("target", {})
+    if target.get("change") is not None:
+        notes.append(f"Target loss {_num(target['change'], signed=True)} nats per token (lower is better).")
     if report.get("forgetting") is not None:
         f = report["forgetting"]
         notes.append(f"Generic loss {_num(f, signed=True)}: " + ("forgetting." if f > 0 else "no forgetting measured."))
-    elif "generic" not in report["loss"]:
+    elif "generic" not in (sides or report["loss"]):
         notes.append("No replay source given: generic loss (forgetting) not measured; pass --replay to measure it.")
     for name, row in report["loss"].items():
         if row.get("sequences") == 0:

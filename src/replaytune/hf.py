@@ -52,6 +52,15 @@ def _open(store: TokenStore | str | Path) -> TokenStore:
     return store if isinstance(store, TokenStore) else TokenStore(store)
 
 
+def _side(name: str, stores) -> dict[str, TokenStore]:
+    """One side's stores by name: a mapping as given, one store under the side's name."""
+    if stores is None:
+        return {}
+    if isinstance(stores, Mapping):
+        return {n: _open(s) for n, s in stores.items()}
+    return {name: _open(stores)}
+
+
 class ReplayDataset(IterableDataset):
     """Items of ``mixture`` from ``start_step`` to its end, this rank's slice of every batch.
 
@@ -98,8 +107,8 @@ class ReplayDataset(IterableDataset):
     @classmethod
     def from_stores(
         cls,
-        target: TokenStore | str | Path,
-        replay: TokenStore | str | Path | None = None,
+        target: TokenStore | str | Path | Mapping[str, TokenStore | str | Path],
+        replay: TokenStore | str | Path | Mapping[str, TokenStore | str | Path] | None = None,
         *,
         replay_fraction: float,
         epochs: float,
@@ -107,20 +116,22 @@ class ReplayDataset(IterableDataset):
         batch_size: int,
         unit: str = "tokens",
         seed: int = 0,
+        weights: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> "ReplayDataset":
         """Target + replay at ``replay_fraction`` (counted in ``unit``), target ``epochs`` fixed.
 
         Same weights, steps and mixture seed as ``replaytune finetune --seed SEED``, so the
-        items are that run's batches, in order.
+        items are that run's batches, in order. Several sources on a side: a mapping of
+        names to stores, with ``weights`` by name (each source's part of its side; give the
+        names ``replaytune finetune`` gives, e.g. ``generic.web``, for that run's batches).
         """
         from replaytune.train.plan import phase_seed
 
-        stores = {TARGET: _open(target)}
-        if replay is not None:
-            stores[GENERIC] = _open(replay)
-        plan = plan_replay(stores[TARGET], stores.get(GENERIC), replay_fraction=replay_fraction, epochs=epochs,
-                           seq_len=seq_len, batch_size=batch_size, unit=unit)
+        targets, replays = _side(TARGET, target), _side(GENERIC, replay)
+        stores = {**targets, **replays}
+        plan = plan_replay(targets, replays or None, replay_fraction=replay_fraction, epochs=epochs,
+                           seq_len=seq_len, batch_size=batch_size, unit=unit, weights=weights)
         sizes = {name: store.train.num_sequences(seq_len) for name, store in stores.items()}
         mixture = Mixture(plan.schedule, sizes, batch_size, plan.steps, seed=phase_seed(seed, 0))
         ds = cls(mixture, stores, seq_len, **kwargs)

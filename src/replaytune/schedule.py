@@ -165,9 +165,9 @@ def finetune(
     epochs: float,
     replay: float,
     *,
-    units: tuple[float, float] | None = None,
-    target: str = TARGET,
-    generic: str = GENERIC,
+    units: tuple[float, float] | Mapping[str, float] | None = None,
+    target: str | Mapping[str, float] = TARGET,
+    generic: str | Mapping[str, float] = GENERIC,
 ) -> FinetunePlan:
     """Fine-tuning with replay fraction ``replay`` (rho): the one route from rho to a schedule.
 
@@ -181,26 +181,70 @@ def finetune(
     weights are then ``w ~ share / m``: ``w_target = ((1 - rho) / m_t) / ((1 - rho) / m_t +
     rho / m_g)``. Equal units (text on both sides, the paper) give exactly ``1 - rho`` and
     ``target_steps * epochs / (1 - rho)`` (64 epochs x 1 batch = 64 steps; rho = 0.5: 128).
+
+    Several sources on a side: ``target`` and ``generic`` map source names to weights within
+    their side (normalized there; ``generic={}``: no generic source, rho must be 0), and
+    ``units`` maps names to their units per sequence. Source i's share of the unit is
+    ``(1 - rho) * t_i`` on the target side, ``rho * g_i`` on the generic side, its sequence
+    weight ``w_i ~ share_i / m_i``; ``target_steps`` counts the whole target side and
+    ``w_target`` is the target sources' summed weight, so the target side's sequences are
+    drawn ``epochs`` times in total.
     """
     if not (target_steps > 0 and math.isfinite(target_steps)):
         raise ScheduleError(f"target_steps must be > 0, got {target_steps}")
     if not (epochs > 0 and math.isfinite(epochs)):
         raise ScheduleError(f"epochs must be > 0, got {epochs}")
     rho = _check_fraction("replay fraction rho", replay, low=0.0, high=1.0, high_open=True)
-    if rho == 0:
-        weights = {target: 1.0, generic: 0.0}  # generic kept: its held-out loss measures forgetting
-    elif units is None or units[0] == units[1]:
-        weights = {target: 1.0 - rho, generic: rho}
+    t_side, g_side = _side("target", target), _side("generic", generic)
+    if not t_side:
+        raise ScheduleError("a finetune schedule needs at least one target source")
+    both = set(t_side) & set(g_side)
+    if both:
+        raise ScheduleError(f"source {sorted(both)[0]!r} is on both the target and the generic side")
+    if rho > 0 and not g_side:
+        raise ScheduleError(f"replay fraction rho {rho:g} needs a generic source")
+    # share of the counted unit; rho = 0 keeps generic at weight 0: its held-out loss measures forgetting
+    shares = {**{n: (1.0 - rho) * t for n, t in t_side.items()}, **{n: rho * g for n, g in g_side.items()}}
+    m = _units(units, list(t_side), list(g_side))
+    used = {n: m[n] for n in shares if shares[n] > 0} if m is not None else {}
+    if len(set(used.values())) <= 1:
+        weights = shares  # equal units: the shares are the sequence weights
     else:
-        m_t, m_g = (float(u) for u in units)
-        if not (m_t > 0 and m_g > 0):
-            raise ScheduleError(f"units per sequence must be > 0, got target {m_t:g}, generic {m_g:g}")
-        a, b = (1.0 - rho) / m_t, rho / m_g
-        weights = {target: a / (a + b), generic: b / (a + b)}
-    exact = target_steps * epochs / weights[target]
+        bad = {n: u for n, u in used.items() if not u > 0}
+        if bad:
+            raise ScheduleError("units per sequence must be > 0, got " + ", ".join(f"{n} {u:g}" for n, u in m.items()))
+        per = {n: (s / m[n] if s > 0 else 0.0) for n, s in shares.items()}
+        total = sum(per.values())
+        weights = {n: v / total for n, v in per.items()}
+    exact = target_steps * epochs / sum(weights[n] for n in t_side)
     steps = max(1, math.ceil(exact - 1e-9))  # 1e-9: 16 * 64 / (1 - 0.75) is 4096, not 4096.0000001
     ts = int(target_steps) if float(target_steps).is_integer() else float(target_steps)
     return FinetunePlan(Schedule([Stage(0, weights)]), steps, ts, float(epochs), rho)
+
+
+def _side(which: str, sources: str | Mapping[str, float]) -> dict[str, float]:
+    """One side's sources with their weights normalized to sum to 1 (a bare name: weight 1)."""
+    if isinstance(sources, str):
+        return {sources: 1.0}
+    for name, w in sources.items():
+        if not (float(w) > 0 and math.isfinite(float(w))):
+            raise ScheduleError(f"{which} source {name!r}: weight must be > 0 and finite, got {float(w):g}")
+    total = sum(float(w) for w in sources.values())
+    return {name: float(w) / total for name, w in sources.items()}
+
+
+def _units(units, t_names: list[str], g_names: list[str]) -> dict[str, float] | None:
+    """Units per sequence by source name (a pair: one source per side)."""
+    if units is None:
+        return None
+    if isinstance(units, Mapping):
+        missing = [n for n in t_names + g_names if n not in units]
+        if missing:
+            raise ScheduleError(f"units per sequence: no value for source {missing[0]!r}")
+        return {n: float(units[n]) for n in t_names + g_names}
+    if len(t_names) != 1 or len(g_names) > 1:
+        raise ScheduleError("units as a (target, generic) pair needs one source per side; map source names to units")
+    return {t_names[0]: float(units[0]), **({g_names[0]: float(units[1])} if g_names else {})}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@ inside every batch (Kotha & Liang 2026). Replay is one flag:
 The replay fraction counts loss-bearing tokens (--replay-unit sequences|examples to change
 that). Target epochs are fixed: steps = target sequences x epochs / (batch x target weight).
 
+Several sources on a side: repeat the flag with PATH:WEIGHT, e.g. --replay web.jsonl:0.7
+--replay chat.jsonl:0.3: rho is split 0.7 / 0.3 between them (weights are normalized within
+each side; --target likewise splits 1 - rho). Each source is named <side>.<file stem> in the
+metrics and reports (generic.web, generic.chat), and the forgetting report gives each one's
+held-out loss as well as each side's.
+
 Writes OUT/model (Hugging Face, merged) or OUT/adapter (LoRA), OUT/forgetting.md|json (held-out
 target and generic loss, base vs fine-tuned), OUT/run (metrics), and OUT/finetune.json last.
 Every flag can also be a key of --config FILE.yaml (flags win). The Transformers/TRL names work
@@ -36,11 +42,15 @@ def register(subparsers) -> None:
     a("--model", "--model_name_or_path", dest="model", help="pretrained model: local folder, hub id, or a .gguf file")
     a("--gguf-file", help="GGUF file inside the --model folder")
     a("--tokenizer", help="tokenizer folder (default: the model's own)")
-    a("--target", metavar="SOURCE", help="target data: .txt/.jsonl/.parquet file, folder, glob, dataset, or token store")
-    a("--target-kind", choices=["auto", "text", "chat", "instruction"], help="default: from the first record")
+    a("--target", metavar="SOURCE[:W]", action="append", type=_source,
+      help="target data: .txt/.jsonl/.parquet file, folder, glob, dataset, or token store; repeat it for several "
+           "sources, each with its weight within the target side, e.g. --target eu.txt:0.8 --target eu_chat.jsonl:0.2")
+    a("--target-kind", choices=["auto", "text", "chat", "instruction"], help="default: from the first record (each target source)")
     a("--target-val", type=float, metavar="F|N", help="held-out target documents: fraction < 1 or count (default 0.05)")
-    a("--replay", metavar="SOURCE", help="generic data to replay (same forms as --target)")
-    a("--replay-kind", choices=["auto", "text", "chat", "instruction"], help="default: from the first record")
+    a("--replay", metavar="SOURCE[:W]", action="append", type=_source,
+      help="generic data to replay (same forms as --target); repeat it for several, e.g. --replay web.jsonl:0.7 "
+           "--replay chat.jsonl:0.3 (weights split the replay fraction)")
+    a("--replay-kind", choices=["auto", "text", "chat", "instruction"], help="default: from the first record (each replay source)")
     a("--replay-val", type=float, metavar="F|N", help="held-out replay documents: fraction or count (default 0.01)")
     a("--replay-fraction", type=_rho, metavar="RHO|auto",
       help="replay share of every batch, in [0, 1) (default 0.5 with --replay); auto: search the candidates by held-out "
@@ -106,6 +116,27 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _source(text: str) -> tuple[str, float | None]:
+    """``PATH`` or ``PATH:W`` (a trailing number only: other colons stay in the path)."""
+    import math
+
+    from replaytune.finetune.config import split_weight
+
+    path, weight = split_weight(text)
+    if weight is not None and not (weight > 0 and math.isfinite(weight)):
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight after ':' must be > 0, got {weight:g} (PATH:WEIGHT, "
+                                         f"e.g. web.jsonl:0.7)")
+    return path, weight
+
+
+def _sources(given: list[tuple[str, float | None]] | None, kind: str | None, val: float | None):
+    """One side's flags: the fields of one source (merged into a config file's), or a list of several."""
+    if given is not None and len(given) > 1:
+        return [{"path": path, "weight": weight, "kind": kind, "val": val} for path, weight in given]
+    path, weight = given[0] if given else (None, None)
+    return {"path": path, "weight": weight, "kind": kind, "val": val}
+
+
 def _rho(text: str):
     return "auto" if text == "auto" else float(text)
 
@@ -152,8 +183,8 @@ def flag_values(args: argparse.Namespace) -> dict:
             "target_modules": _targets(args.lora_targets)}
     values = {
         "model": args.model, "gguf_file": args.gguf_file, "tokenizer": args.tokenizer,
-        "target": {"path": args.target, "kind": args.target_kind, "val": args.target_val},
-        "replay": {"path": args.replay, "kind": args.replay_kind, "val": args.replay_val},
+        "target": _sources(args.target, args.target_kind, args.target_val),
+        "replay": _sources(args.replay, args.replay_kind, args.replay_val),
         "replay_fraction": args.replay_fraction, "replay_unit": args.replay_unit, "epochs": args.epochs,
         "replay_candidates": args.replay_candidates, "lr_candidates": args.lr_candidates,
         "max_forgetting": args.max_forgetting, "search_margin": args.search_margin,

@@ -46,6 +46,15 @@ size in batches, ``N_t / B``, need not be an integer; rounding up to whole steps
 target at most one batch's target share more than asked (reported as the realised epochs).
 Text only: ``w_t = 1 - rho`` and steps = target_batches * epochs / (1 - rho), as in METHOD.md.
 
+Several sources on a side
+-------------------------
+``--replay web.jsonl:0.7 --replay chat.jsonl:0.3`` (a list of sources with ``weight`` in a
+file): the replay side's rho is split by the weights, the target side's ``1 - rho`` by the
+target weights, and each source's sequence weight is ``w_i ~ share_i / m_i`` as above. ``N_t``
+and ``w_t`` are then the target side's sums, so the target side is drawn ``epochs`` times in
+all. One source on a side is named as the side (``target``, ``generic``); several are
+``<side>.<stem>`` (:func:`source_names`), the name of their stores, metrics and report rows.
+
 Output directory
 ----------------
 ``data/`` (token stores), ``tokenizer/``, ``run/`` (the loop's run: config.yaml,
@@ -69,8 +78,10 @@ from replaytune.finetune.config import (
     label,
     load_config,
     resolve_sources,
+    source_names,
+    split_weight,
 )
-from replaytune.finetune.plan import ReplayPlan, plan_replay, realised_units, sequence_units
+from replaytune.finetune.plan import ReplayPlan, plan_for, plan_replay, realised_units, sequence_units
 from replaytune.finetune.run import (
     FinetuneResult,
     FinetuneTrainer,
@@ -87,6 +98,6 @@ __all__ = [
     "DEFAULT_EPOCHS", "DEFAULT_LR", "DEFAULT_REPLAY_FRACTION", "DEFAULT_VAL", "GENERIC", "MARKER", "SUMMARY", "TARGET",
     "UNITS", "FinetuneConfig", "FinetuneResult", "FinetuneTrainer", "ReplayPlan", "Source", "SourceArg",
     "build_run_config", "check_model", "check_store_tokenizer", "detect_kind", "label", "load_config",
-    "load_tokenizer", "plan_replay", "prepare_sources", "realised_units", "resolve_sources", "run_finetune",
-    "sequence_units",
+    "load_tokenizer", "plan_for", "plan_replay", "prepare_sources", "realised_units", "resolve_sources", "run_finetune",
+    "sequence_units", "source_names", "split_weight",
 ]

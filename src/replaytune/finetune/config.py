@@ -11,13 +11,14 @@ Reading a source and detecting its kind is the data layer's work
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from replaytune.config import Frozen, LoraSpec, format_validation_error, read_yaml_mapping
+from replaytune.config import Frozen, LoraSpec, format_validation_error, read_yaml_mapping, validation_messages
 from replaytune.data import sources as data_sources
 from replaytune.data.store import TokenStore, is_store
 from replaytune.errors import ConfigError, DataError
@@ -33,10 +34,44 @@ SUMMARY = "finetune.json"
 MARKER = ".replaytune-finetune"
 
 
+# `PATH:W`: a trailing `:` and a plain decimal number is the source's weight; other colons
+# (a Windows drive, a hub id's revision) stay in the path.
+_WEIGHT = re.compile(r"^(?P<path>.+):(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
+NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # a source name's own part: valid in a mixture and as a folder name
+
+
+def split_weight(text: str) -> tuple[str, float | None]:
+    """``"web.jsonl:0.7"`` -> ``("web.jsonl", 0.7)``; no trailing number (or an existing path) -> ``(text, None)``.
+
+    Only a trailing ``:<number>`` is read as the weight, so ``C:\\data\\web.jsonl:0.7`` and
+    ``org/name:rev`` keep their colons; a file or folder that exists under the whole string
+    is a path, whatever it ends in.
+    """
+    m = _WEIGHT.match(text)
+    if m is None or Path(text).expanduser().exists():
+        return text, None
+    return m["path"], float(m["weight"])
+
+
+def _source_entry(value: Any) -> Any:
+    """A source written as a string, ``PATH`` or ``PATH:W``, as SourceArg fields."""
+    if isinstance(value, os.PathLike):
+        return {"path": os.fspath(value)}
+    if isinstance(value, str):
+        path, weight = split_weight(value)
+        return {"path": path} if weight is None else {"path": path, "weight": weight}
+    return value
+
+
 class SourceArg(Frozen):
     """A target or replay source: a path (file, folder, glob, hub dataset, or a token store)."""
 
     path: str = Field(description="File, directory, glob, save_to_disk folder, hub dataset, or a prepared token store.")
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False, description=(
+        "With several sources on a side: this source's part of that side's share (normalized within the side); "
+        "`PATH:W` on the command line."))
+    name: str | None = Field(None, pattern=NAME.pattern, description=(
+        "With several sources on a side: the source's name in metrics and reports (side.NAME); default the file stem."))
     kind: Literal["auto", "text", "chat", "instruction"] = Field(
         "auto", description="auto: from the first record's fields (messages -> chat, prompt/completion -> instruction)."
     )
@@ -56,7 +91,7 @@ class SourceArg(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value):
-        return {"path": value} if isinstance(value, (str, os.PathLike)) else value
+        return _source_entry(value)
 
     def spec(self, name: str = "", kind: str = "text", strict: bool = False) -> data_sources.SourceSpec:
         """How the data layer reads this source as ``kind`` (``auto`` is resolved before, by detection)."""
@@ -73,8 +108,8 @@ class FinetuneConfig(Frozen):
     model: str = Field(description="Local folder, hub id, or a .gguf file of a pretrained causal LM.")
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder.")
     tokenizer: str | None = Field(None, description="Tokenizer folder (default: the model's own).")
-    target: SourceArg
-    replay: SourceArg | None = None
+    target: SourceArg | list[SourceArg] = Field(description="One source, or a list of them (each with a weight).")
+    replay: SourceArg | list[SourceArg] | None = Field(None, description="One source, or a list of them (each with a weight).")
     replay_fraction: float | Literal["auto"] | None = Field(
         None, description="rho: replay share of each batch (default 0.5 with a replay source, else 0); 'auto' searches "
         "replay_candidates (and lr_candidates) by held-out target loss at a fraction of the grid's compute."
@@ -154,6 +189,31 @@ class FinetuneConfig(Frozen):
     def _folder_list(cls, value):
         return [str(value)] if isinstance(value, (str, os.PathLike)) else value  # one folder
 
+    @model_validator(mode="before")
+    @classmethod
+    def _source_lists(cls, data):
+        """Each source checked on its own, its errors naming ``target.kind`` or ``replay.1.weight``; a list of one is that source."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for key in (TARGET, "replay"):
+            value = data.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)):
+                data[key] = _check_source(value, key)
+                continue
+            if not value:
+                raise ValueError(f"{key}: an empty list; give at least one source" if key == TARGET
+                                 else "replay: an empty list; give a source or leave replay out")
+            items = [_check_source(item, f"{key}.{i}") for i, item in enumerate(value)]
+            names = [a.name for a in items if a.name is not None]
+            dup = next((n for n in names if names.count(n) > 1), None)
+            if dup is not None:
+                raise ValueError(f"{key}: two sources are named {dup!r}; give each its own name")
+            data[key] = items[0] if len(items) == 1 else items
+        return data
+
     @model_validator(mode="after")
     def _checks(self):
         if self.replay_fraction == "auto":
@@ -173,6 +233,16 @@ class FinetuneConfig(Frozen):
         return self
 
     @property
+    def target_sources(self) -> list[SourceArg]:
+        return list(self.target) if isinstance(self.target, list) else [self.target]
+
+    @property
+    def replay_sources(self) -> list[SourceArg]:
+        if self.replay is None:
+            return []
+        return list(self.replay) if isinstance(self.replay, list) else [self.replay]
+
+    @property
     def auto_replay(self) -> bool:
         return self.replay_fraction == "auto"
 
@@ -189,11 +259,19 @@ class FinetuneConfig(Frozen):
         return self.lr if self.lr is not None else DEFAULT_LR["lora" if self.lora is not None else "full"]
 
 
+def _check_source(value: Any, at: str) -> SourceArg:
+    try:
+        return SourceArg.model_validate(value)
+    except ValidationError as exc:
+        raise ValueError("; ".join(validation_messages(exc, at))) from None
+
+
 def load_config(path: str | os.PathLike | None = None, values: Mapping[str, Any] | None = None) -> FinetuneConfig:
     """The config file (if any) with ``values`` (command-line flags; None = not given) on top.
 
     Paths in the file are relative to the file. ``values["target"]`` / ``["replay"]`` /
-    ``["lora"]`` may be dicts of sub-fields merged into the file's entries.
+    ``["lora"]`` may be dicts of sub-fields merged into the file's entries (into each source
+    of a file's list of sources when no path is given); a list of sources replaces the file's.
     """
     data: dict[str, Any] = {}
     where = "finetune flags"
@@ -207,10 +285,16 @@ def load_config(path: str | os.PathLike | None = None, values: Mapping[str, Any]
         if value is True and isinstance(data.get(key), dict):
             continue  # --lora with a `lora: {...}` section in the file: keep its settings
         if isinstance(value, dict):
+            given = {k: v for k, v in value.items() if v is not None}
             old = data.get(key)
-            old = {"path": old} if isinstance(old, str) else dict(old or {}) if old is not True else {}
-            old.update({k: v for k, v in value.items() if v is not None})
+            if isinstance(old, list) and "path" not in given:  # --replay-kind over the file's list: each source
+                data[key] = [{**_as_fields(item), **given} for item in old]
+                continue
+            old = _as_fields(old) if not isinstance(old, list) else {}
+            old.update(given)
             data[key] = old
+        elif isinstance(value, list) and key in (TARGET, "replay"):  # several sources: they replace the file's
+            data[key] = [{k: v for k, v in item.items() if v is not None} if isinstance(item, dict) else item for item in value]
         else:
             data[key] = value
     model = data.get("model")
@@ -220,6 +304,13 @@ def load_config(path: str | os.PathLike | None = None, values: Mapping[str, Any]
         return FinetuneConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, where)) from None
+
+
+def _as_fields(entry: Any) -> dict[str, Any]:
+    """A file's entry (a path string, a mapping, ``true`` or nothing) as a dict of fields."""
+    if isinstance(entry, str):
+        return {"path": entry}
+    return dict(entry) if isinstance(entry, dict) else {}
 
 
 def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -236,12 +327,19 @@ def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
         out["eval_include"] = [fix(v) for v in out["eval_include"]]
     elif isinstance(out.get("eval_include"), str):
         out["eval_include"] = fix(out["eval_include"])
+
+    def fix_source(src: Any) -> Any:
+        if isinstance(src, str):
+            if fix(src) != src:  # the whole string is a path beside the file
+                return {"path": fix(src)}
+            src = _source_entry(src)  # PATH:W
+        if isinstance(src, dict) and "path" in src:
+            return {**src, "path": fix(src["path"])}
+        return src
+
     for key in (TARGET, "replay"):
         src = out.get(key)
-        if isinstance(src, str):
-            out[key] = fix(src)
-        elif isinstance(src, dict) and "path" in src:
-            out[key] = {**src, "path": fix(src["path"])}
+        out[key] = [fix_source(s) for s in src] if isinstance(src, list) else fix_source(src)
     return {k: v for k, v in out.items() if v is not None or k in data}
 
 
@@ -253,6 +351,46 @@ def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
 def label(role: str) -> str:
     """The user's word for a source role (the loop calls the replay source 'generic')."""
     return "replay" if role == GENERIC else role
+
+
+def source_names(cfg: FinetuneConfig) -> dict[str, tuple[str, SourceArg]]:
+    """Every source's name in the mixture, metrics and ``OUT/data/<name>``, with its side and settings.
+
+    One source on a side is named as the side (``target``, ``generic``). Several are
+    ``<side>.<name>``, ``name`` being the source's own ``name`` or its path's stem (``web`` for
+    ``data/web.jsonl``, ``fineweb`` for ``org/fineweb``, the folder for a glob), letters,
+    digits, ``_`` and ``-`` only, with ``-2``, ``-3`` added to repeats in the order given.
+    Target sources come first, then replay sources, each side in the order given.
+    """
+    out: dict[str, tuple[str, SourceArg]] = {}
+    for side, args in ((TARGET, cfg.target_sources), (GENERIC, cfg.replay_sources)):
+        if len(args) == 1:
+            out[side] = (side, args[0])
+            continue
+        taken = {a.name for a in args if a.name is not None}  # a given name is kept as it is
+        names = []
+        for i, arg in enumerate(args, 1):
+            own = arg.name
+            if own is None:
+                stem = _stem(arg.path) or str(i)
+                own, k = stem, 2
+                while own in taken:
+                    own, k = f"{stem}-{k}", k + 1
+                taken.add(own)
+            names.append(own)
+        for own, arg in zip(names, args):
+            out[f"{side}.{own}"] = (side, arg)
+    return out
+
+
+def _stem(path: str) -> str:
+    """A readable name for a source path: the last part without glob characters, less its suffix."""
+    parts = [p for p in re.split(r"[\\/]+", path) if p and not any(c in p for c in "*?[")]
+    if not parts:
+        return ""
+    last = parts[-1]
+    stem = last.split(".", 1)[0] if not last.startswith(".") else last
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")
 
 
 def detect_kind(arg: SourceArg, reader: data_sources.SourceReader | None = None) -> str:
@@ -270,37 +408,43 @@ def detect_kind(arg: SourceArg, reader: data_sources.SourceReader | None = None)
 
 @dataclass
 class Source:
-    """A resolved source: how to read it, or a prepared store to use as it is."""
+    """A resolved source: how to read it, or a prepared store to use as it is.
+
+    ``role`` is its side (``target`` or ``generic``), ``name`` its name in the mixture
+    (:func:`source_names`; the side's name when the side has one source).
+    """
 
     role: str
     arg: SourceArg
     kind: str
     store: Path | None = None  # a prepared token store given by the user
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.role
 
     def spec(self, strict: bool) -> data_sources.SourceSpec:
-        return self.arg.spec(self.role, self.kind, strict)
+        return self.arg.spec(self.name, self.kind, strict)
 
     def val(self) -> dict[str, Any]:
         v = self.arg.val if self.arg.val is not None else DEFAULT_VAL[self.role]
         if v >= 1:
             if v != int(v):
-                raise ConfigError(f"{self.role}.val {v}: a count of documents must be a whole number (or give a fraction < 1)")
+                raise ConfigError(f"{self.name}.val {v}: a count of documents must be a whole number (or give a fraction < 1)")
             return {"val_docs": int(v)}
         return {"val_fraction": float(v)}
 
 
 def resolve_sources(cfg: FinetuneConfig) -> dict[str, Source]:
-    """Target (and replay) with their kinds; a missing path or an unknown kind fails here, before any writing."""
+    """Every source by name (:func:`source_names`) with its kind; a missing path or an unknown kind fails here, before any writing."""
     out = {}
-    for role, arg in ((TARGET, cfg.target), (GENERIC, cfg.replay)):
-        if arg is None:
-            continue
+    for name, (role, arg) in source_names(cfg).items():
         if is_store(arg.path):
-            out[role] = Source(role, arg, detect_kind(arg), store=Path(arg.path).expanduser())
+            out[name] = Source(role, arg, detect_kind(arg), store=Path(arg.path).expanduser(), name=name)
             continue
         try:
-            reader = data_sources.SourceReader(arg.spec(role))
-            out[role] = Source(role, arg, detect_kind(arg, reader))
+            reader = data_sources.SourceReader(arg.spec(name))
+            out[name] = Source(role, arg, detect_kind(arg, reader), name=name)
         except DataError as exc:
-            raise DataError(f"{label(role)} source: {exc}") from None
+            raise DataError(f"{label(name)} source: {exc}") from None
     return out

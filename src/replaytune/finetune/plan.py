@@ -10,7 +10,7 @@ a chat target with masked prompts gets its share of the *gradient*, not of the r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 from replaytune import schedule
 from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError
-from replaytune.finetune.config import UNITS, label
+from replaytune.finetune.config import UNITS, FinetuneConfig, label, source_names
 from replaytune.schedule import GENERIC, TARGET, Schedule
 
 
@@ -48,7 +48,8 @@ class ReplayPlan:
     """Sequence weights and step count of a fine-tuning run with replay fraction rho.
 
     ``schedule`` is the run's one stage (from :func:`replaytune.schedule.finetune`); the
-    training config and :class:`replaytune.hf.ReplayDataset` both draw from it.
+    training config and :class:`replaytune.hf.ReplayDataset` both draw from it. Sources are
+    by name; ``sides`` says which side each is on and ``parts`` its part of that side.
     """
 
     replay_fraction: float
@@ -60,18 +61,44 @@ class ReplayPlan:
     units_per_sequence: dict[str, float]
     schedule: Schedule
     steps: int
+    sides: dict[str, str] = field(default_factory=dict)  # source -> target or generic
+    parts: dict[str, float] = field(default_factory=dict)  # each source's part of its side (sums to 1 per side)
 
     @property
     def weights(self) -> dict[str, float]:
         """Sequence share of each source in every batch."""
         return dict(self.schedule.stages[0].weights)
 
+    def side(self, role: str) -> list[str]:
+        """The sources of one side (``target`` or ``generic``), in order."""
+        return [name for name, r in self.sides.items() if r == role]
+
+    def side_parts(self, role: str) -> dict[str, float]:
+        """Each source of one side with its part of that side (what its losses are averaged with)."""
+        return {name: self.parts[name] for name in self.side(role)}
+
+    @property
+    def shares(self) -> dict[str, float]:
+        """The share of the counted unit asked of each source: (1 - rho) or rho times its part of its side."""
+        rho = self.replay_fraction
+        return {name: (rho if role == GENERIC else 1.0 - rho) * self.parts[name] for name, role in self.sides.items()}
+
+    @property
+    def several(self) -> bool:
+        """More than one source on a side (names are then ``side.name``)."""
+        return any(name not in (TARGET, GENERIC) for name in self.sides)
+
+    @property
+    def target_sequences(self) -> int:
+        return sum(self.sequences[name] for name in self.side(TARGET))
+
     @property
     def target_batches(self) -> float:
-        return self.sequences[TARGET] / self.batch_size
+        return self.target_sequences / self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
-        w_t = self.weights[TARGET]
+        w_t = sum(self.weights[name] for name in self.side(TARGET))
+        several = {"sides": dict(self.sides), "parts": dict(self.parts), "shares": self.shares} if self.several else {}
         return {
             "replay_fraction": self.replay_fraction,
             "replay_unit": self.unit,
@@ -83,25 +110,32 @@ class ReplayPlan:
             "weights": self.weights,
             "target_batches": self.target_batches,
             "steps": self.steps,
-            "steps_formula": f"ceil({self.sequences[TARGET]} x {self.epochs:g} / ({self.batch_size} x {w_t:.6g})) = {self.steps}",
+            "steps_formula": f"ceil({self.target_sequences} x {self.epochs:g} / ({self.batch_size} x {w_t:.6g})) = {self.steps}",
+            **several,
         }
 
 
 def plan_replay(
-    target: TokenStore,
-    generic: TokenStore | None,
+    target: TokenStore | Mapping[str, TokenStore],
+    generic: TokenStore | Mapping[str, TokenStore] | None,
     *,
     replay_fraction: float,
     epochs: float,
     seq_len: int,
     batch_size: int,
     unit: str = "tokens",
+    weights: Mapping[str, float] | None = None,
 ) -> ReplayPlan:
     """Weights ``w_i ~ share_i / m_i`` (m_i: mean ``unit`` per sequence) and ``steps``.
 
     Example (token counting): chat target with 9.6 loss tokens per 32-token sequence, text
     replay with 32, rho = 0.5: w_t = (0.5/9.6) / (0.5/9.6 + 0.5/32) = 0.769; 100 target
     sequences x 3 epochs at batch 8 give ceil(300 / (8 x 0.769)) = 49 steps (39 without replay).
+
+    Several sources on a side: ``target`` / ``generic`` map source names to stores, and
+    ``weights`` gives each name its part of its side's share (default 1 each); share_i is
+    ``(1 - rho)`` split over the target sources by weight, rho over the generic ones. The
+    target epochs count the whole target side (its sequences drawn ``epochs`` times in all).
     Inputs that cannot make a plan are refused here with the user's words (flags, sources),
     so :func:`replaytune.schedule.finetune` only ever sees valid ones.
     """
@@ -110,43 +144,73 @@ def plan_replay(
         raise ConfigError(f"replay_fraction must be in [0, 1), got {rho:g}")
     if not (epochs > 0 and math.isfinite(epochs)):
         raise ConfigError(f"epochs must be > 0, got {epochs}")
-    stores = {TARGET: target} if generic is None else {TARGET: target, GENERIC: generic}
+    sides = {TARGET: _named(TARGET, target), GENERIC: _named(GENERIC, generic)}
+    if not sides[TARGET]:
+        raise ConfigError("a replay plan needs a target source")
+    stores = {**sides[TARGET], **sides[GENERIC]}
     sequences, units = {}, {}
-    for role, store in stores.items():
+    for name, store in stores.items():
         n = store.train.num_sequences(seq_len)
         if n < 1:
             raise DataError(
-                f"{label(role)} source ({store.path}): {store.train.num_tokens} training tokens, fewer than one sequence of "
+                f"{label(name)} source ({store.path}): {store.train.num_tokens} training tokens, fewer than one sequence of "
                 f"{seq_len} + 1; add data or lower --seq-len"
             )
-        sequences[role] = n
-        units[role] = float(sequence_units(store, seq_len, unit).mean())
-    if units[TARGET] <= 0:
-        raise DataError(
-            f"target source ({target.path}): no {unit} carry loss (every token is masked); check the data, and "
-            f"that --max-length does not cut examples before their reply"
-        )
-    if generic is None and rho > 0:
+        sequences[name] = n
+        units[name] = float(sequence_units(store, seq_len, unit).mean())
+    for name, store in sides[TARGET].items():
+        if units[name] <= 0:
+            raise DataError(
+                f"{label(name)} source ({store.path}): no {unit} carry loss (every token is masked); check the data, and "
+                f"that --max-length does not cut examples before their reply"
+            )
+    if not sides[GENERIC] and rho > 0:
         raise ConfigError(f"replay_fraction {rho:g} needs a replay source")
-    if generic is not None and rho > 0 and units[GENERIC] <= 0:
-        raise DataError(
-            f"replay source ({generic.path}): no loss-bearing {unit}, so a replay fraction counted in {unit} "
-            f"cannot be met; use a source whose tokens carry loss, or --replay-unit sequences"
-        )
-    target_batches = sequences[TARGET] / batch_size
-    if generic is None:
-        steps = schedule.finetune(target_batches, epochs, 0.0).steps
-        sched = schedule.constant(TARGET)  # no generic source to keep at weight 0
-    else:
-        # rho = 0 keeps generic at weight 0: its held-out loss measures forgetting
-        fp = schedule.finetune(target_batches, epochs, rho, units=(units[TARGET], units[GENERIC]))
-        steps, sched = fp.steps, fp.schedule
-    return ReplayPlan(rho, unit, float(epochs), batch_size, seq_len, sequences, units, sched, steps)
+    for name, store in sides[GENERIC].items():
+        if rho > 0 and units[name] <= 0:
+            raise DataError(
+                f"{label(name)} source ({store.path}): no loss-bearing {unit}, so a replay fraction counted in {unit} "
+                f"cannot be met; use a source whose tokens carry loss, or --replay-unit sequences"
+            )
+    given = dict(weights or {})
+    side_weights = {role: {name: float(given.get(name, 1.0)) for name in side} for role, side in sides.items()}
+    for name, w in given.items():
+        if name in stores and not (w > 0 and math.isfinite(w)):
+            raise ConfigError(f"{label(name)} source: weight must be > 0, got {w:g}")
+    target_batches = sum(sequences[name] for name in sides[TARGET]) / batch_size
+    # one source on a side goes by its name (rho = 0 keeps a generic source at weight 0: its held-out
+    # loss measures forgetting); no generic source at all: target only
+    fp = schedule.finetune(target_batches, epochs, rho, units=units,
+                           target=_side_arg(side_weights[TARGET]), generic=_side_arg(side_weights[GENERIC]))
+    role_of = {name: role for role, side in sides.items() for name in side}
+    parts = {name: w / sum(side.values()) for side in side_weights.values() for name, w in side.items()}
+    return ReplayPlan(rho, unit, float(epochs), batch_size, seq_len, sequences, units, fp.schedule, fp.steps, role_of, parts)
+
+
+def _side_arg(weights: dict[str, float]) -> str | dict[str, float]:
+    """One side for :func:`replaytune.schedule.finetune`: a lone source by name, else names with weights."""
+    return next(iter(weights)) if len(weights) == 1 else weights
+
+
+def _named(role: str, stores: TokenStore | Mapping[str, TokenStore] | None) -> dict[str, TokenStore]:
+    if stores is None:
+        return {}
+    return dict(stores) if isinstance(stores, Mapping) else {role: stores}
+
+
+def plan_for(cfg: FinetuneConfig, stores: Mapping[str, TokenStore], *, replay_fraction: float, epochs: float) -> ReplayPlan:
+    """:func:`plan_replay` for the sources ``cfg`` names (``stores`` by name, :func:`source_names`)."""
+    names = source_names(cfg)
+    side = {role: {n: stores[n] for n, (r, _) in names.items() if r == role} for role in (TARGET, GENERIC)}
+    return plan_replay(side[TARGET], side[GENERIC] or None, replay_fraction=replay_fraction, epochs=epochs,
+                       seq_len=cfg.seq_len, batch_size=cfg.batch_size, unit=cfg.replay_unit,
+                       weights={n: arg.weight for n, (_, arg) in names.items()})
 
 
 def replay_read_cap(
-    target: TokenStore, *, replay_fraction: float, epochs: float, seq_len: int, batch_size: int, unit: str = "tokens",
-    val_fraction: float | None = None, eval_sequences: int = 64, margin: float = 0.1,
+    target: TokenStore | Mapping[str, TokenStore], *, replay_fraction: float, epochs: float, seq_len: int,
+    batch_size: int, unit: str = "tokens", val_fraction: float | None = None, eval_sequences: int = 64,
+    margin: float = 0.1, weights: Mapping[str, float] | None = None, part: float = 1.0,
 ) -> int | None:
     """Tokens to read from a text replay source: what the run draws, plus held-out and a margin.
 
@@ -154,15 +218,26 @@ def replay_read_cap(
     so a sequence brings ``seq_len`` tokens or 1 sequence). The held-out split takes
     ``val_fraction`` of what is read, and must hold ``eval_sequences`` sequences. None: read
     everything (no replay, or a unit a text source cannot be sized in ahead).
+
+    Several target sources: a mapping by name, with ``weights``. A replay source that is one of
+    several has ``part`` of the replay side; the others are not tokenized yet and are taken to
+    bring as much per sequence as this one. What this source draws does not depend on them
+    but through the step count's rounding up (less than one batch), which the margin covers.
     """
     if replay_fraction <= 0 or unit == "examples":
         return None
-    n_target = target.train.num_sequences(seq_len)
-    u_target = float(sequence_units(target, seq_len, unit).mean()) if n_target else 0.0
-    if n_target < 1 or u_target <= 0:
-        return None  # plan_replay refuses this target with its own message
+    targets, units = _named(TARGET, target), {}
+    for name, store in targets.items():
+        n = store.train.num_sequences(seq_len)
+        units[name] = float(sequence_units(store, seq_len, unit).mean()) if n else 0.0
+        if n < 1 or units[name] <= 0:
+            return None  # plan_replay refuses this target with its own message
+    n_target = sum(store.train.num_sequences(seq_len) for store in targets.values())
     u_replay = float(seq_len) if unit == "tokens" else 1.0
-    fp = schedule.finetune(n_target / batch_size, epochs, replay_fraction, units=(u_target, u_replay))
+    replay = {GENERIC: float(part), **({f"{GENERIC}.others": 1.0 - part} if part < 1 else {})}
+    fp = schedule.finetune(n_target / batch_size, epochs, replay_fraction, units={**units, **{n: u_replay for n in replay}},
+                           target=_side_arg({n: float((weights or {}).get(n, 1.0)) for n in targets}),
+                           generic=_side_arg(replay))
     drawn = math.ceil(fp.steps * batch_size * fp.schedule.stages[0].weights[GENERIC])
     train_tokens = drawn * seq_len + 1
     if val_fraction:

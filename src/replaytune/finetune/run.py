@@ -31,9 +31,9 @@ from replaytune import config as rconfig
 from replaytune import rundir
 from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
-from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources
+from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources, source_names
 from replaytune.finetune import search as fsearch
-from replaytune.finetune.plan import ReplayPlan, plan_replay, realised_units
+from replaytune.finetune.plan import ReplayPlan, plan_for, realised_units
 from replaytune.fsio import replace_dir, temp_dir, write_text
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.loop import Trainer
@@ -167,14 +167,14 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
     from replaytune.data.prepare import format_stats, prepare
 
     result = {}
-    for role, src in sorted(sources.items(), key=lambda kv: kv[0] != TARGET):  # the target first: it sizes the replay
+    for role, src in sorted(sources.items(), key=lambda kv: kv[1].role != TARGET):  # the target first: it sizes the replay
         if src.store is not None:
             store = TokenStore(src.store)
             check_store_tokenizer(role, store, tok)
             result[role] = (store, {**store.meta.get("stats", {}), "given_store": True})
             continue
         max_length = None if src.kind == "text" else (cfg.max_length or cfg.seq_len)
-        cap = _replay_cap(cfg, src, result[TARGET][0]) if role != TARGET and src.kind == "text" else None
+        cap = _replay_cap(cfg, src, result) if src.role != TARGET and src.kind == "text" else None
         store, stats = prepare(
             src.spec(cfg.strict), tok, out / "data" / role, seed=cfg.seed, max_length=max_length,
             chat_template=cfg.chat_template, skip_invalid=cfg.skip_invalid, progress=cfg.progress, **src.val(),
@@ -185,15 +185,19 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
     return result
 
 
-def _replay_cap(cfg: FinetuneConfig, src: Source, target: TokenStore) -> int | None:
-    """Tokens of a text replay source worth tokenizing: what the largest replay fraction draws."""
+def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[TokenStore, Any]]) -> int | None:
+    """Tokens of a text replay source worth tokenizing: what the largest replay fraction draws (its part of it)."""
     from replaytune.finetune.plan import replay_read_cap
 
     rho = max(cfg.replay_candidates) if cfg.auto_replay else cfg.rho
     val = src.val()
-    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS.get(target.kind, 1.0)
-    return replay_read_cap(target, replay_fraction=rho, epochs=epochs, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                           unit=cfg.replay_unit, val_fraction=val.get("val_fraction"), eval_sequences=cfg.eval_sequences)
+    targets = {n: (prepared[n][0], arg.weight) for n, (side, arg) in source_names(cfg).items() if side == TARGET}
+    epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS.get(t.kind, 1.0) for t, _ in targets.values())
+    part = src.arg.weight / sum(arg.weight for arg in cfg.replay_sources)
+    return replay_read_cap(targets[TARGET][0] if TARGET in targets else {n: t for n, (t, _) in targets.items()},
+                           replay_fraction=rho, epochs=epochs, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                           unit=cfg.replay_unit, val_fraction=val.get("val_fraction"), eval_sequences=cfg.eval_sequences,
+                           weights={n: w for n, (_, w) in targets.items()}, part=part)
 
 
 def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Path], run_dir: Path, tokenizer_dir: Path | None) -> rconfig.RunConfig:
@@ -269,7 +273,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     template = None
     if any(s.kind == "chat" for s in sources.values()):
         template = chat.resolve_template(tok, chat.load_template(cfg.chat_template), str(getattr(tok, "name_or_path", cfg.model)))
-    epochs = cfg.epochs if cfg.epochs is not None else DEFAULT_EPOCHS[sources[TARGET].kind]
+    epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS[s.kind] for s in sources.values() if s.role == TARGET)
 
     created = not out.exists()
     started = False
@@ -305,8 +309,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
             chosen = search.chosen.candidate
             cfg = cfg.model_copy(update={"replay_fraction": chosen.rho, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
             run_dir = fsearch.run_dir(out, chosen)
-        plan = plan_replay(stores[TARGET], stores.get(GENERIC), replay_fraction=cfg.rho, epochs=epochs,
-                           seq_len=cfg.seq_len, batch_size=cfg.batch_size, unit=cfg.replay_unit)
+        plan = plan_for(cfg, stores, replay_fraction=cfg.rho, epochs=epochs)
         run_cfg = build_run_config(cfg, plan, paths, run_dir, out / "tokenizer")
         realised = _realised(run_cfg, stores, plan)
         if dist.is_main:
@@ -416,6 +419,7 @@ def model_card(summary: dict[str, Any], report: dict[str, Any], folder: str) -> 
 
 def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: Callable[[str], None]):
     """Run the replay-fraction search (replaytune.search) with each candidate in OUT/search/<key>."""
+    from replaytune.forgetting import side_loss
     from replaytune.search import Outcome, rung_step, successive_halving
     from replaytune.train.metrics import read_metrics
 
@@ -429,7 +433,7 @@ def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: C
         trainer = FinetuneTrainer(run_cfg, resume=rundir.is_started(where), stop_at=step,
                                   activation_checkpointing=cfg.activation_checkpointing)
         ev = trainer.run()["final"]["eval"]
-        return Outcome(ev[TARGET], ev.get(GENERIC))
+        return Outcome(side_loss(ev, plan.side_parts(TARGET)), side_loss(ev, plan.side_parts(GENERIC)))
 
     from replaytune.search import FRACTIONS as fractions
 
@@ -438,7 +442,7 @@ def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: C
         first = cands[0][0]
         run_to(first, rung_step(first, fractions[0]))
         step0 = next(m["eval"] for m in read_metrics(fsearch.run_dir(out, first)) if m["kind"] == "eval" and m["step"] == 0)
-        base_generic = step0.get(GENERIC)
+        base_generic = side_loss(step0, cands[0][2].side_parts(GENERIC))
     say("replay fraction search: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
     return successive_halving([c for c, _, _ in cands], run_to, fractions=fractions,
                               margin=cfg.search_margin,
@@ -470,32 +474,50 @@ def _realised(run_cfg: rconfig.RunConfig, stores: dict[str, TokenStore], plan: R
     mixture = RunPlan(run_cfg, stores).phases[0].mixture
     units = realised_units(mixture, stores, plan.seq_len, plan.unit)
     total = sum(units.values())
-    return {
+    drawn, epochs = mixture.consumed(mixture.steps), mixture.epochs_consumed()
+
+    def side_epochs(role: str) -> float:  # passes over the side's sequences, all its sources together
+        names = plan.side(role)
+        return sum(drawn[n] for n in names) / sum(plan.sequences[n] for n in names) if names else 0.0
+
+    out = {
         plan.unit: units,
-        "replay_share": (units.get(GENERIC, 0.0) / total) if total else 0.0,
-        "sequences": mixture.consumed(mixture.steps),
-        "target_epochs": mixture.epochs_consumed()[TARGET],
-        "replay_epochs": mixture.epochs_consumed().get(GENERIC, 0.0),
+        "replay_share": (sum(units[n] for n in plan.side(GENERIC)) / total) if total else 0.0,
+        "sequences": drawn,
+        "target_epochs": side_epochs(TARGET) if plan.several else epochs[TARGET],
+        "replay_epochs": side_epochs(GENERIC) if plan.several else epochs.get(GENERIC, 0.0),
     }
+    if plan.several:
+        out["shares"] = {n: (u / total if total else 0.0) for n, u in units.items()}
+        out["epochs"] = epochs
+    return out
 
 
 def _describe(plan: ReplayPlan, realised: dict[str, Any]) -> str:
     w = plan.weights
-    plain = math.ceil(plan.sequences[TARGET] * plan.epochs / plan.batch_size - 1e-9)
+    plain = math.ceil(plan.target_sequences * plan.epochs / plan.batch_size - 1e-9)
+    replay_seqs = sum(plan.sequences[n] for n in plan.side(GENERIC))
     lines = [
-        f"plan: target {plan.sequences[TARGET]:,} sequences of {plan.seq_len} ({plan.target_batches:.4g} batches of "
+        f"plan: target {plan.target_sequences:,} sequences of {plan.seq_len} ({plan.target_batches:.4g} batches of "
         f"{plan.batch_size}) x {plan.epochs:g} epochs; replay fraction {plan.replay_fraction:g} counted in {plan.unit}",
         "  sequence weights: " + ", ".join(f"{k} {v:.4f}" for k, v in w.items())
         + f"; steps {plan.to_dict()['steps_formula']} ({plain:,} without replay)",
         f"  realised: replay {realised['replay_share']:.4f} of {plan.unit}, target {realised['target_epochs']:.3g} epochs"
-        + (f", replay {realised['replay_epochs']:.3g} epochs of its {plan.sequences[GENERIC]:,} sequences" if GENERIC in plan.sequences else ""),
+        + (f", replay {realised['replay_epochs']:.3g} epochs of its {replay_seqs:,} sequences" if replay_seqs else ""),
     ]
+    if plan.several:
+        lines.append(f"  per source ({plan.unit} share asked -> realised, epochs): " + ", ".join(
+            f"{n} {plan.shares[n]:.4f} -> {realised['shares'][n]:.4f}, {realised['epochs'][n]:.3g}" for n in plan.sides))
     if realised["target_epochs"] > 1.1 * plan.epochs:
         warnings.warn(
             f"the target is {plan.target_batches:.3g} batches: rounding up to whole steps shows it "
             f"{realised['target_epochs']:.3g} times instead of {plan.epochs:g}; lower --batch-size for a closer match"
         )
-    if realised["replay_epochs"] > 1.0:
+    repeated = [n for n in plan.side(GENERIC) if realised["epochs"][n] > 1.0] if plan.several else []
+    if repeated:
+        lines.append(f"  note: replay data is repeated ({', '.join(repeated)}); the paper replays fresh generic data "
+                     "(give larger replay sets)")
+    elif realised["replay_epochs"] > 1.0:
         lines.append("  note: the replay source is repeated; the paper replays fresh generic data (give a larger replay set)")
     return "\n".join(lines)
 
@@ -574,8 +596,9 @@ def _eval_tasks(cfg: FinetuneConfig):
 def _report(cfg, run_cfg, stores, plan, record, out: Path, say, tasks=None) -> dict[str, Any]:
     from replaytune.forgetting import build_report, downstream, format_report, held_out, write_report
 
-    sources = {role: {"source": (cfg.target if role == TARGET else cfg.replay).path,
-                      **held_out(store, cfg.seq_len, cfg.eval_sequences)} for role, store in stores.items()}
+    paths = {name: arg.path for name, (_, arg) in source_names(cfg).items()}
+    sources = {name: {"source": paths[name], **held_out(store, cfg.seq_len, cfg.eval_sequences)}
+               for name, store in stores.items()}
     report = build_report(Path(run_cfg.out_dir), plan=plan.to_dict(), held=sources)
     if cfg.eval_tasks:
         report["downstream"] = downstream(

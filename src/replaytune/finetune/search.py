@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from replaytune.finetune.config import FinetuneConfig
-from replaytune.finetune.plan import ReplayPlan, plan_replay
+from replaytune.finetune.plan import ReplayPlan, plan_for
 from replaytune.fsio import write_bytes, write_text
-from replaytune.schedule import GENERIC, TARGET
 from replaytune.search import Candidate, SearchResult
 
 SEARCH_DIR = "search"
@@ -37,8 +36,7 @@ def candidates(cfg: FinetuneConfig, stores: dict[str, Any], epochs: float) -> li
     for rho in cfg.replay_candidates:
         for lr in cfg.lr_candidates or [None]:
             c_cfg = cfg.model_copy(update={"replay_fraction": float(rho), "lr": lr if lr is not None else cfg.lr})
-            plan = plan_replay(stores[TARGET], stores.get(GENERIC), replay_fraction=float(rho), epochs=epochs,
-                               seq_len=cfg.seq_len, batch_size=cfg.batch_size, unit=cfg.replay_unit)
+            plan = plan_for(cfg, stores, replay_fraction=float(rho), epochs=epochs)
             out.append((Candidate(float(rho), lr, plan.steps), c_cfg, plan))
     return out
 
