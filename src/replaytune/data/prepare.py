@@ -93,6 +93,11 @@ def _settings(spec: SourceSpec, val_docs, val_fraction, seed, max_length, templa
     }
 
 
+def _capped(settings: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """The settings of a store read up to ``max_tokens`` (none: as before caps existed, same fingerprint)."""
+    return settings if max_tokens is None else {**settings, "max_tokens": max_tokens}
+
+
 def store_fingerprint(content_sha: str, tokenizer_fp: str, settings: dict[str, Any]) -> str:
     return _sha({"source": content_sha, "tokenizer": tokenizer_fp, "settings": settings,
                  "format": FORMAT_VERSION, "prepare": PREPARE_VERSION})[:16]
@@ -409,14 +414,14 @@ def prepare(
     settings = _settings(spec, val_docs, val_fraction, seed, max_length, template, skip_invalid, max_val_tokens)
     out = Path(out_dir).expanduser()
     existing = _existing_store(out)
-    if existing is not None and not force:
+    if existing is not None and not force and max_tokens is not None:
         # a store read further (a larger cap, or the whole source) serves a smaller cap as it is
         held = existing.meta.get("settings", {}).get("max_tokens")
-        if max_tokens is not None and (held is None or held >= max_tokens):
-            same = reader.content_fingerprint(hash_bytes=held is None) if held is None else content
-            if existing.fingerprint == store_fingerprint(same["sha256"], tinfo["fingerprint"], {**settings, "max_tokens": held}):
+        if held is None or held >= max_tokens:
+            same = content if held is not None else reader.content_fingerprint()
+            if existing.fingerprint == store_fingerprint(same["sha256"], tinfo["fingerprint"], _capped(settings, held)):
                 return existing, {**existing.meta.get("stats", {}), "up_to_date": True}
-    settings["max_tokens"] = max_tokens
+    settings = _capped(settings, max_tokens)
     fp = store_fingerprint(content["sha256"], tinfo["fingerprint"], settings)
     if existing is not None and existing.fingerprint == fp and not force:
         return existing, {**existing.meta.get("stats", {}), "up_to_date": True}

@@ -227,12 +227,13 @@ def replay_read_cap(
     if replay_fraction <= 0 or unit == "examples":
         return None
     targets, units = _named(TARGET, target), {}
+    n_target = 0
     for name, store in targets.items():
         n = store.train.num_sequences(seq_len)
         units[name] = float(sequence_units(store, seq_len, unit).mean()) if n else 0.0
         if n < 1 or units[name] <= 0:
             return None  # plan_replay refuses this target with its own message
-    n_target = sum(store.train.num_sequences(seq_len) for store in targets.values())
+        n_target += n
     u_replay = float(seq_len) if unit == "tokens" else 1.0
     replay = {GENERIC: float(part), **({f"{GENERIC}.others": 1.0 - part} if part < 1 else {})}
     fp = schedule.finetune(n_target / batch_size, epochs, replay_fraction, units={**units, **{n: u_replay for n in replay}},

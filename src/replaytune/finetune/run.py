@@ -190,14 +190,14 @@ def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[Toke
     from replaytune.finetune.plan import replay_read_cap
 
     rho = max(cfg.replay_candidates) if cfg.auto_replay else cfg.rho
-    val = src.val()
-    targets = {n: (prepared[n][0], arg.weight) for n, (side, arg) in source_names(cfg).items() if side == TARGET}
-    epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS.get(t.kind, 1.0) for t, _ in targets.values())
+    target_args = {n: arg for n, (side, arg) in source_names(cfg).items() if side == TARGET}
+    targets = {n: prepared[n][0] for n in target_args}
+    epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS.get(t.kind, 1.0) for t in targets.values())
     part = src.arg.weight / sum(arg.weight for arg in cfg.replay_sources)
-    return replay_read_cap(targets[TARGET][0] if TARGET in targets else {n: t for n, (t, _) in targets.items()},
-                           replay_fraction=rho, epochs=epochs, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                           unit=cfg.replay_unit, val_fraction=val.get("val_fraction"), eval_sequences=cfg.eval_sequences,
-                           weights={n: w for n, (_, w) in targets.items()}, part=part)
+    return replay_read_cap(targets, replay_fraction=rho, epochs=epochs, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
+                           unit=cfg.replay_unit, val_fraction=src.val().get("val_fraction"),
+                           eval_sequences=cfg.eval_sequences, weights={n: a.weight for n, a in target_args.items()},
+                           part=part)
 
 
 def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Path], run_dir: Path, tokenizer_dir: Path | None) -> rconfig.RunConfig:

@@ -109,7 +109,7 @@ class Trainer:
     def build_model(self):
         cfg = self.cfg
         return build_model(cfg.model, vocab_size=self.plan.vocab_size, seq_len=cfg.data.seq_len, eos_id=self.plan.eos_id,
-                           precision=self.precision, parallel=cfg.parallel if self.dist.enabled else "ddp",
+                           precision=self.precision, parallel="fsdp" if self.sharded else "ddp",
                            device=self.dist.device, meta=self.sharded and not self.dist.is_main)
 
     # -- entry ----------------------------------------------------------------------------
