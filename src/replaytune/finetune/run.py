@@ -128,6 +128,7 @@ class FinetuneResult:
     output: Path
     summary: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    run_config: rconfig.RunConfig | None = None  # the fine-tune's one-phase run (also under prepare_only)
 
 
 class FinetuneTrainer(Trainer):
@@ -315,7 +316,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         if dist.is_main:
             say(_describe(plan, realised))
         if prepare_only:
-            return FinetuneResult(out, {"plan": {**plan.to_dict(), "realised": realised}})
+            return FinetuneResult(out, {"plan": {**plan.to_dict(), "realised": realised}}, run_config=run_cfg)
         resume_run = (resume or search is not None) and rundir.is_started(run_dir)  # the search finished the chosen run
         trainer = FinetuneTrainer(run_cfg, resume=resume_run, activation_checkpointing=cfg.activation_checkpointing)
         started = True
