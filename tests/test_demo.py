@@ -3,6 +3,7 @@ covered by tests/train; a full demo takes ~17 minutes and is measured in BENCHMA
 
 import pytest
 
+from replaytune.train.plan import resolve_phase
 from replaytune import demo
 from replaytune.errors import DataError
 from replaytune.study import build_runs
@@ -51,4 +52,4 @@ def test_quick_demo_studies_build_for_both_targets(tmp_path):
     data = demo.DemoData(tmp_path / "tok", tmp_path / "generic", {"basque": tmp_path / "eu", "python": tmp_path / "py"})
     for name, full in (("basque", True), ("python", False)):
         runs = build_runs(demo.demo_study(data, name, full=full, quick=True))
-        assert runs and all(sum(p.build()[1] for p in cfg.phases) == 96 for _, cfg in runs)
+        assert runs and all(sum(resolve_phase(p)[1] for p in cfg.phases) == 96 for _, cfg in runs)

@@ -7,10 +7,12 @@ settings are configurations of this one shape:
 
 * pre-training: one phase, schedule ``constant: generic``;
 * fine-tuning: pre-training phase, then a phase with ``finetune: {target_steps, epochs,
-  replay}`` and ``reset_optimizer: true``;
+  replay, unit, target, generic}`` and ``reset_optimizer: true``;
 * mid-training: one phase with ``two_stage: {gamma, replay, alpha}`` under WSD.
 
 Each field's ``description`` is its documentation (``replaytune train --help-config``).
+Validation checks fields and names only; schedules are built from the phases, against the
+stores, by the plan (``train/plan.py``), the one place that makes a mixture.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from replaytune import schedule as sched
 from replaytune.errors import ConfigError
 from replaytune.trackers import ReportTo
 
@@ -132,13 +133,41 @@ class LRConfig(_Frozen):
     final_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of the peak.")
 
 
+Side = str | dict[str, float]  # one source by name, or several names with their parts of the side
+
+
+def side_names(side: Side | None) -> list[str]:
+    """The source names of one side of a phase spec (a bare name, a mapping, or none)."""
+    if side is None:
+        return []
+    return [side] if isinstance(side, str) else list(side)
+
+
 class FinetuneSpec(_Frozen):
-    target_steps: int | float = Field(gt=0, description="Unique target data, in batches (steps of pure target); "
-                                      "may be a fraction of a batch.")
-    epochs: float = Field(gt=0, description="Passes over the target data.")
-    replay: float = Field(0.0, ge=0, lt=1, description="Replay fraction rho (generic share of every batch).")
-    target: str = "target"
-    generic: str = "generic"
+    """A fine-tuning phase: target data seen ``epochs`` times, replay fraction rho counted in ``unit``.
+
+    The one spelling of a fine-tuning phase, for a study, a ``train`` YAML and ``replaytune
+    finetune`` alike. The plan (``train/plan.py``) resolves it against the stores: the unit's
+    amount per sequence of each source, the target data when ``target_steps`` is not given,
+    then :func:`replaytune.schedule.finetune` for the weights and the phase length.
+    """
+
+    target_steps: int | float | None = Field(
+        None, gt=0, description="Unique target data, in batches (steps of pure target); may be a fraction of a "
+        "batch. Default: the target sources' training sequences over the batch size.")
+    epochs: float = Field(gt=0, description="Passes over the target data (over the whole target side).")
+    replay: float = Field(0.0, ge=0, lt=1, description="Replay fraction rho: the generic side's share of every "
+                          "batch, counted in `unit`.")
+    unit: Literal["sequences", "tokens", "examples"] = Field(
+        "sequences", description="What rho counts: sequences (the paper, text), tokens (loss-bearing tokens: a chat "
+        "target with masked prompts gets its share of the gradient) or examples (documents starting in a sequence).")
+    target: Side = Field("target", description="The target source, or names with their parts of the target side.")
+    generic: Side | None = Field("generic", description="The replay source, or names with their parts of the generic "
+                                 "side; null or {} for none (rho must then be 0).")
+
+    @property
+    def sources(self) -> list[str]:
+        return side_names(self.target) + side_names(self.generic)
 
 
 class TwoStageSpec(_Frozen):
@@ -187,30 +216,17 @@ class PhaseConfig(_Frozen):
             raise ValueError("steps is required (only a finetune schedule derives its own)")
         return self
 
-    def build(self) -> tuple[sched.Schedule, int, dict[str, Any]]:
-        """The phase's schedule, its step count and a description of how it was derived."""
+    def source_names(self) -> list[str]:
+        """The sources this phase's schedule names (no schedule is built: the plan does that)."""
         if self.finetune is not None:
-            f = self.finetune
-            plan = sched.finetune(f.target_steps, f.epochs, f.replay, target=f.target, generic=f.generic)
-            if self.steps is not None and self.steps != plan.steps:
-                raise sched.ScheduleError(
-                    f"phase '{self.name}': steps={self.steps} disagrees with the finetune schedule's {plan.steps}; drop steps"
-                )
-            return plan.schedule, plan.steps, plan.to_dict()
-        steps = int(self.steps)  # validated above
+            return self.finetune.sources
         if self.two_stage is not None:
-            t = self.two_stage
-            plan = sched.two_stage(steps, t.gamma, t.replay, t.alpha, target=t.target, generic=t.generic)
-            return plan.schedule, steps, plan.to_dict()
+            return [self.two_stage.target, self.two_stage.generic]
         if self.uniform is not None:
-            u = self.uniform
-            s = sched.uniform(u.gamma, target=u.target, generic=u.generic)
-            return s, steps, {"setting": "uniform", "gamma": u.gamma, **s.to_dict()}
+            return [self.uniform.target, self.uniform.generic]
         if self.constant is not None:
-            s = sched.constant(self.constant)
-            return s, steps, {"setting": "constant", **s.to_dict()}
-        s = sched.Schedule(self.stages or [])
-        return s, steps, {"setting": "stages", **s.to_dict()}
+            return [self.constant]
+        return list(dict.fromkeys(name for st in self.stages or [] for name in dict(st.get("weights") or {})))
 
 
 class OptimConfig(_Frozen):
@@ -283,11 +299,7 @@ class RunConfig(_Frozen):
     def _sources_known(self):
         names = set(self.data.sources)
         for i, phase in enumerate(self.phases):
-            try:
-                schedule, _, _ = phase.build()
-            except sched.ScheduleError as exc:
-                raise ValueError(f"phases.{i} ({phase.name}): {exc}") from None
-            unknown = [s for s in schedule.sources if s not in names]
+            unknown = [s for s in phase.source_names() if s not in names]
             if unknown:
                 raise ValueError(
                     f"phases.{i} ({phase.name}): source {unknown[0]!r} is not in data.sources; "

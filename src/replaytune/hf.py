@@ -126,15 +126,11 @@ class ReplayDataset(IterableDataset):
         names to stores, with ``weights`` by name (each source's part of its side; give the
         names ``replaytune finetune`` gives, e.g. ``generic.web``, for that run's batches).
         """
-        from replaytune.train.plan import phase_seed
-
         targets, replays = _side(TARGET, target), _side(GENERIC, replay)
         stores = {**targets, **replays}
         plan = plan_replay(targets, replays or None, replay_fraction=replay_fraction, epochs=epochs,
-                           seq_len=seq_len, batch_size=batch_size, unit=unit, weights=weights)
-        sizes = {name: store.train.num_sequences(seq_len) for name, store in stores.items()}
-        mixture = Mixture(plan.schedule, sizes, batch_size, plan.steps, seed=phase_seed(seed, 0))
-        ds = cls(mixture, stores, seq_len, **kwargs)
+                           seq_len=seq_len, batch_size=batch_size, unit=unit, weights=weights, seed=seed)
+        ds = cls(plan.mixture, stores, seq_len, **kwargs)
         ds.plan = plan
         return ds
 

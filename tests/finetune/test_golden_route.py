@@ -89,3 +89,17 @@ def test_hf_dataset_draws_the_finetune_batches(assets, tmp_path):
     ds = ReplayDataset.from_stores(TokenStore(out / "data" / "target"), TokenStore(out / "data" / "generic"),
                                    replay_fraction=0.5, epochs=cfg.epochs or 1, seq_len=64, batch_size=4, seed=cfg.seed)
     assert ds.mixture.fingerprint() == want.fingerprint()
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5])
+def test_run_config_states_its_replay_fraction(assets, tmp_path, rho):
+    """The fine-tune's run config carries the phase spec (rho, unit, epochs, sides), not derived stages."""
+    from replaytune.config import dump_yaml
+    from replaytune.finetune import load_config, run_finetune
+
+    cfg = load_config(None, base_values(assets, tmp_path / "out", replay_fraction=rho))
+    run_cfg = run_finetune(cfg, prepare_only=True, log=lambda text: None).run_config
+    phase = run_cfg.phases[0]
+    assert phase.stages is None and phase.steps is None
+    assert (phase.finetune.replay, phase.finetune.unit, phase.finetune.target, phase.finetune.generic) == (rho, "tokens", "target", "generic")
+    assert f"replay: {rho}" in dump_yaml(run_cfg)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from .helpers import TINY
+from replaytune.train.plan import resolve_phase
 from replaytune import report, study, sweep
 
 
@@ -38,10 +39,10 @@ def test_study_runs_match_the_paper_protocol(stores):
     # ref: 3 amounts x 2 seeds (the study's seeds, disjoint draws of target data)
     assert len(runs) == 2 * 2 + (2 * 2 + 2) + 3 * 2
     for name, (labels, cfg) in by.items():
-        assert sum(p.build()[1] for p in cfg.phases) == 40, name  # total steps fixed
+        assert sum(resolve_phase(p)[1] for p in cfg.phases) == 40, name  # total steps fixed
     # rho = 0.5 doubles fine-tuning (1 batch x 4 epochs = 4 steps -> 8), pre-training shrinks by 4
     ft = by["ft_rho0.5_lr0.001_s1"][1]
-    assert [p.build()[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer and ft.phases[1].seed == 1
+    assert [resolve_phase(p)[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer and ft.phases[1].seed == 1
     assert ft.data.sources["target"].sequences == 8  # one batch of unique target data ...
     assert ft.data.sources["target"].first == 8  # ... the second disjoint draw of it for seed 1
     assert by["mt_rho0.5_alpha1_s1"][1].data.sources["target"].first == 8 and "mt_rho0.5_alpha0.5" in by
@@ -60,12 +61,12 @@ def test_baseline_reference_family_repeats_each_baseline_at_more_target_data(sto
     lab, ft = refs["ftref_x2_lr0.001_s1"]
     assert lab["setting"] == "finetune" and lab["rho"] == 0.0 and lab["x"] == 2
     # 2 batches x 4 epochs = 8 fine-tuning steps; the total budget stays 40, pre-training shrinks to 32
-    assert [p.build()[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer
+    assert [resolve_phase(p)[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer
     assert ft.data.sources["target"].sequences == 16 and ft.data.sources["target"].first == 16
     lab, mt = refs["mtref_x0.5_s0"]
     # Stage 2 keeps the baseline's 1 batch x 4 epochs = 4 steps and holds half a batch (seen 8 times)
     assert mt.phases[0].two_stage.gamma == pytest.approx(1 * 4 / 40) and mt.phases[0].two_stage.alpha == 1.0
-    assert sum(p.build()[1] for p in mt.phases) == 40 and mt.data.sources["target"].sequences == 4
+    assert sum(resolve_phase(p)[1] for p in mt.phases) == 40 and mt.data.sources["target"].sequences == 4
     assert lab["switch_step"] == 36
 
 

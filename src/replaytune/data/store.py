@@ -29,6 +29,7 @@ from replaytune.fsio import recover_dir, replace_dir, temp_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
+UNITS = ("tokens", "sequences", "examples")  # what a replay fraction can count
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -53,6 +54,28 @@ class TokenSplit:
 
     def num_sequences(self, seq_len: int) -> int:
         return max(0, (self.num_tokens - 1) // seq_len)
+
+    def units(self, seq_len: int, unit: str, sequences: int | None = None, first: int = 0) -> np.ndarray:
+        """What each training sequence ``first .. first + sequences - 1`` brings in ``unit`` (float array).
+
+        tokens: loss-bearing targets of window i, ``mask[i*L + 1 : i*L + L + 1]`` (L for text);
+        sequences: 1; examples: documents starting inside the window's inputs ``[i*L, i*L + L)``.
+        A replay fraction counted in tokens weighs a chat source by the tokens that carry loss.
+        """
+        if unit not in UNITS:
+            raise DataError(f"unit {unit!r}: must be one of {', '.join(UNITS)}")
+        n = self.num_sequences(seq_len) - first if sequences is None else int(sequences)
+        if unit == "sequences" or n <= 0:
+            return np.ones(max(n, 0))
+        lo = first * seq_len
+        if unit == "tokens":
+            if self.mask is None:
+                return np.full(n, float(seq_len))
+            m = np.asarray(self.mask[lo + 1: lo + n * seq_len + 1], dtype=np.int64)
+            return m.reshape(n, seq_len).sum(axis=1).astype(float)
+        starts = np.asarray(self.docs[:-1], dtype=np.int64)
+        starts = starts[(starts >= lo) & (starts < lo + n * seq_len)] - lo
+        return np.bincount(starts // seq_len, minlength=n).astype(float)
 
     def _windows(self, arr: np.ndarray, ids: np.ndarray, seq_len: int) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)

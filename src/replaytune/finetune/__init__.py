@@ -63,6 +63,7 @@ metrics.jsonl, record.json, checkpoints while training), ``model/`` (merged or f
 last: a directory without it is not finished (``--resume`` continues it).
 """
 
+from replaytune.data.store import UNITS
 from replaytune.finetune.config import (
     DEFAULT_EPOCHS,
     DEFAULT_LR,
@@ -70,7 +71,6 @@ from replaytune.finetune.config import (
     DEFAULT_VAL,
     MARKER,
     SUMMARY,
-    UNITS,
     FinetuneConfig,
     Source,
     SourceArg,

@@ -25,7 +25,6 @@ from replaytune.errors import ConfigError, DataError
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.trackers import ReportTo
 
-UNITS = ("tokens", "sequences", "examples")
 DEFAULT_EPOCHS = {"text": 1.0, "chat": 3.0, "instruction": 3.0}
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}  # full: the paper's Basque run; LoRA adapters want ~10x more
 DEFAULT_REPLAY_FRACTION = 0.5  # METHOD.md: the best rho is most often 0.5

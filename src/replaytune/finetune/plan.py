@@ -16,40 +16,29 @@ from typing import Any, Mapping
 import numpy as np
 
 from replaytune import schedule
-from replaytune.data.store import TokenStore
+from replaytune.config import DataConfig, PhaseConfig
+from replaytune.data.mixture import Mixture
+from replaytune.data.store import UNITS, TokenStore
 from replaytune.errors import ConfigError, DataError
-from replaytune.finetune.config import UNITS, FinetuneConfig, label, source_names
+from replaytune.finetune.config import FinetuneConfig, label, source_names
 from replaytune.schedule import GENERIC, TARGET, Schedule
+from replaytune.train.plan import RunPlan
 
 
 def sequence_units(store: TokenStore, seq_len: int, unit: str, sequences: int | None = None) -> np.ndarray:
-    """What each training sequence contributes in ``unit`` (float array [n]).
-
-    tokens: loss-bearing targets of window i, ``mask[i*L + 1 : i*L + L + 1]`` (L for text);
-    sequences: 1; examples: documents starting inside the window's inputs ``[i*L, i*L + L)``.
-    """
+    """What each training sequence contributes in ``unit`` (float array [n]); see ``TokenSplit.units``."""
     if unit not in UNITS:
         raise ConfigError(f"replay_unit {unit!r}: must be one of {', '.join(UNITS)}")
-    split = store.train
-    n = split.num_sequences(seq_len) if sequences is None else int(sequences)
-    if unit == "sequences" or n == 0:
-        return np.ones(n)
-    if unit == "tokens":
-        if split.mask is None:
-            return np.full(n, float(seq_len))
-        return np.asarray(split.mask[1 : n * seq_len + 1], dtype=np.int64).reshape(n, seq_len).sum(axis=1).astype(float)
-    starts = np.asarray(split.docs[:-1], dtype=np.int64)
-    starts = starts[starts < n * seq_len]
-    return np.bincount(starts // seq_len, minlength=n).astype(float)
+    return store.train.units(seq_len, unit, sequences)
 
 
 @dataclass(frozen=True)
 class ReplayPlan:
     """Sequence weights and step count of a fine-tuning run with replay fraction rho.
 
-    ``schedule`` is the run's one stage (from :func:`replaytune.schedule.finetune`); the
-    training config and :class:`replaytune.hf.ReplayDataset` both draw from it. Sources are
-    by name; ``sides`` says which side each is on and ``parts`` its part of that side.
+    A view of the one-phase run plan (``train/plan.RunPlan``, which resolved the phase's
+    :class:`~replaytune.config.FinetuneSpec`): its one stage, steps and ``mixture``. Sources
+    are by name; ``sides`` says which side each is on and ``parts`` its part of that side.
     """
 
     replay_fraction: float
@@ -63,6 +52,7 @@ class ReplayPlan:
     steps: int
     sides: dict[str, str] = field(default_factory=dict)  # source -> target or generic
     parts: dict[str, float] = field(default_factory=dict)  # each source's part of its side (sums to 1 per side)
+    mixture: Mixture | None = field(default=None, compare=False, repr=False)  # the plan's batches (train/plan.RunPlan)
 
     @property
     def weights(self) -> dict[str, float]:
@@ -125,6 +115,7 @@ def plan_replay(
     batch_size: int,
     unit: str = "tokens",
     weights: Mapping[str, float] | None = None,
+    seed: int = 0,
 ) -> ReplayPlan:
     """Weights ``w_i ~ share_i / m_i`` (m_i: mean ``unit`` per sequence) and ``steps``.
 
@@ -177,19 +168,43 @@ def plan_replay(
     for name, w in given.items():
         if name in stores and not (w > 0 and math.isfinite(w)):
             raise ConfigError(f"{label(name)} source: weight must be > 0, got {w:g}")
-    target_batches = sum(sequences[name] for name in sides[TARGET]) / batch_size
-    # one source on a side goes by its name (rho = 0 keeps a generic source at weight 0: its held-out
-    # loss measures forgetting); no generic source at all: target only
-    fp = schedule.finetune(target_batches, epochs, rho, units=units,
-                           target=_side_arg(side_weights[TARGET]), generic=_side_arg(side_weights[GENERIC]))
-    role_of = {name: role for role, side in sides.items() for name in side}
-    parts = {name: w / sum(side.values()) for side in side_weights.values() for name, w in side.items()}
-    return ReplayPlan(rho, unit, float(epochs), batch_size, seq_len, sequences, units, fp.schedule, fp.steps, role_of, parts)
+    spec = finetune_spec(side_weights, replay_fraction=rho, epochs=epochs, unit=unit)
+    data = DataConfig(sources={name: {"store": str(store.path)} for name, store in stores.items()},
+                      seq_len=seq_len, batch_size=batch_size, seed=seed)
+    run_plan = RunPlan.of_phases(data, [PhaseConfig(name="finetune", finetune=spec)], stores)
+    return replay_plan(run_plan)
+
+
+def finetune_spec(side_weights: Mapping[str, Mapping[str, float]], *, replay_fraction: float, epochs: float,
+                  unit: str) -> dict[str, Any]:
+    """The fine-tuning phase spec (``config.FinetuneSpec``) of target and generic sources with their weights."""
+    return {"epochs": float(epochs), "replay": float(replay_fraction), "unit": unit,
+            "target": _side_arg(dict(side_weights[TARGET])), "generic": _side_arg(dict(side_weights[GENERIC]))}
+
+
+def replay_plan(run_plan: RunPlan, index: int = 0) -> ReplayPlan:
+    """The :class:`ReplayPlan` view of phase ``index`` of a run plan whose phase is a finetune spec."""
+    phase = run_plan.phases[index]
+    f = run_plan.phase_configs[index].finetune
+    t_side, g_side = _weights(f.target), _weights(f.generic)
+    names = list(t_side) + list(g_side)
+    units = phase.description.get("units_per_sequence") or {n: 1.0 for n in names}
+    role_of = {**{n: TARGET for n in t_side}, **{n: GENERIC for n in g_side}}
+    parts = {n: w / sum(side.values()) for side in (t_side, g_side) for n, w in side.items()}
+    return ReplayPlan(float(f.replay), f.unit, float(f.epochs), run_plan.batch_size, run_plan.seq_len,
+                      {n: int(run_plan.train_sequences[n]) for n in names}, {n: float(units[n]) for n in names},
+                      phase.schedule, phase.steps, role_of, parts, phase.mixture)
+
+
+def _weights(side) -> dict[str, float]:
+    if side is None:
+        return {}
+    return {side: 1.0} if isinstance(side, str) else {n: float(w) for n, w in side.items()}
 
 
 def _side_arg(weights: dict[str, float]) -> str | dict[str, float]:
     """One side for :func:`replaytune.schedule.finetune`: a lone source by name, else names with weights."""
-    return next(iter(weights)) if len(weights) == 1 else weights
+    return next(iter(weights)) if len(weights) == 1 else weights  # {} (no generic side) stays {}
 
 
 def _named(role: str, stores: TokenStore | Mapping[str, TokenStore] | None) -> dict[str, TokenStore]:

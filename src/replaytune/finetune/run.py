@@ -33,7 +33,7 @@ from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
 from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources, source_names
 from replaytune.finetune import search as fsearch
-from replaytune.finetune.plan import ReplayPlan, plan_for, realised_units
+from replaytune.finetune.plan import ReplayPlan, finetune_spec, plan_for, realised_units
 from replaytune.fsio import replace_dir, temp_dir, write_text
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.loop import Trainer
@@ -120,7 +120,7 @@ def check_store_tokenizer(role: str, store: TokenStore, tok) -> None:
 
 
 # Run-config fields the finetune flags derive; overriding them with --set would break the plan.
-_DERIVED = ("data.", "phases.0.steps", "phases.0.stages", "model.pretrained", "model.gguf_file", "out_dir")
+_DERIVED = ("data.", "phases.0.steps", "phases.0.stages", "phases.0.finetune", "model.pretrained", "model.gguf_file", "out_dir")
 
 
 @dataclass
@@ -202,7 +202,11 @@ def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[Toke
 
 
 def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Path], run_dir: Path, tokenizer_dir: Path | None) -> rconfig.RunConfig:
-    """One phase from the pretrained model: the plan's schedule for ``plan.steps`` steps."""
+    """One phase from the pretrained model: the plan's fine-tuning spec (rho, unit, epochs, sources by side).
+
+    The spec, not its stages, goes into the run config: ``config.yaml`` says which rho the run
+    ran, and the loop's plan resolves it against the stores into the same mixture as ``plan``.
+    """
     bad = [o for o in cfg.overrides if o.split("=", 1)[0].strip().startswith(_DERIVED)]
     if bad:
         raise ConfigError(f"--set {bad[0]}: this field follows from the finetune flags; use the flag instead")
@@ -222,7 +226,9 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Pa
             "document_attention": cfg.document_attention,
         },
         "phases": [{
-            "name": "finetune", "steps": plan.steps, "stages": plan.schedule.to_dict()["stages"],
+            "name": "finetune", "finetune": finetune_spec(
+                {role: plan.side_parts(role) for role in (TARGET, GENERIC)}, replay_fraction=plan.replay_fraction,
+                epochs=plan.epochs, unit=plan.unit),
             "lr": {"peak": cfg.peak_lr, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "final_ratio": cfg.final_lr_ratio},
         }],
         "optim": {"weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip},
@@ -306,11 +312,12 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
                 say("replay fraction search over: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
                 return FinetuneResult(out, {"search": [{"rho": c.rho, "lr": c.lr, "steps": c.steps} for c, _, _ in cands]})
             started = True  # candidates' runs exist from here on: a failure leaves them for --resume
-            search = _search(cfg, stores, paths, out, epochs, say)
+            search, plans = _search(cfg, stores, paths, out, epochs, say)
             chosen = search.chosen.candidate
             cfg = cfg.model_copy(update={"replay_fraction": chosen.rho, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
             run_dir = fsearch.run_dir(out, chosen)
-        plan = plan_for(cfg, stores, replay_fraction=cfg.rho, epochs=epochs)
+        # under auto the chosen candidate's plan is the run's: rho is planned once
+        plan = plans[chosen.key] if search is not None else plan_for(cfg, stores, replay_fraction=cfg.rho, epochs=epochs)
         run_cfg = build_run_config(cfg, plan, paths, run_dir, out / "tokenizer")
         realised = _realised(run_cfg, stores, plan)
         if dist.is_main:
@@ -419,7 +426,10 @@ def model_card(summary: dict[str, Any], report: dict[str, Any], folder: str) -> 
 
 
 def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: Callable[[str], None]):
-    """Run the replay-fraction search (replaytune.search) with each candidate in OUT/search/<key>."""
+    """Run the replay-fraction search (replaytune.search) with each candidate in OUT/search/<key>.
+
+    Returns the search's result and each candidate's plan by key (the chosen one's is the run's).
+    """
     from replaytune.forgetting import side_loss
     from replaytune.search import Outcome, rung_step, successive_halving
     from replaytune.train.metrics import read_metrics
@@ -445,9 +455,9 @@ def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: C
         step0 = next(m["eval"] for m in read_metrics(fsearch.run_dir(out, first)) if m["kind"] == "eval" and m["step"] == 0)
         base_generic = side_loss(step0, cands[0][2].side_parts(GENERIC))
     say("replay fraction search: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
-    return successive_halving([c for c, _, _ in cands], run_to, fractions=fractions,
-                              margin=cfg.search_margin,
-                              base_generic=base_generic, max_forgetting=cfg.max_forgetting, log=say)
+    result = successive_halving([c for c, _, _ in cands], run_to, fractions=fractions, margin=cfg.search_margin,
+                                base_generic=base_generic, max_forgetting=cfg.max_forgetting, log=say)
+    return result, {c.key: plan for c, _, plan in cands}
 
 
 def _save_tokenizer(tok, template: str | None, path: Path) -> None:
@@ -470,9 +480,7 @@ def _save_tokenizer(tok, template: str | None, path: Path) -> None:
 
 def _realised(run_cfg: rconfig.RunConfig, stores: dict[str, TokenStore], plan: ReplayPlan) -> dict[str, Any]:
     """What the run's exact mixture draws: loss tokens (or the unit) per source, target epochs."""
-    from replaytune.train.plan import RunPlan
-
-    mixture = RunPlan(run_cfg, stores).phases[0].mixture
+    mixture = plan.mixture
     units = realised_units(mixture, stores, plan.seq_len, plan.unit)
     total = sum(units.values())
     drawn, epochs = mixture.consumed(mixture.steps), mixture.epochs_consumed()

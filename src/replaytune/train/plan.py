@@ -35,7 +35,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from replaytune.config import LRConfig, RunConfig
+from replaytune import schedule as sched
+from replaytune.config import DataConfig, LRConfig, PhaseConfig, RunConfig, side_names
 from replaytune.data.mixture import Batch, Mixture
 from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError
@@ -75,6 +76,55 @@ def open_stores(cfg: RunConfig) -> dict[str, TokenStore]:
     return stores
 
 
+def resolve_phase(
+    pc: PhaseConfig, stores: Mapping[str, TokenStore] | None = None, *, sizes: Mapping[str, int] | None = None,
+    first: Mapping[str, int] | None = None, seq_len: int | None = None, batch_size: int | None = None,
+) -> tuple[Schedule, int, dict[str, Any]]:
+    """A phase's schedule, its step count and how they were derived: the one place a spec becomes a schedule.
+
+    A ``finetune`` spec is resolved against the stores: ``unit`` per sequence of each source
+    (the mean over the sequences the mixture uses, ``first .. first + sizes - 1``) and, when
+    ``target_steps`` is not given, the target side's sequences over the batch size. Then
+    :func:`replaytune.schedule.finetune` gives the weights and the length. A spec counted in
+    sequences with ``target_steps`` given needs no store (what a study's grid computes ahead).
+    """
+    if pc.finetune is not None:
+        f = pc.finetune
+        t_names, g_names = side_names(f.target), side_names(f.generic)
+        needs = f.target_steps is None or f.unit != "sequences"
+        if needs and (stores is None or sizes is None or seq_len is None or batch_size is None):
+            raise ConfigError(f"phase '{pc.name}': a finetune spec in {f.unit} or without target_steps is resolved "
+                              "against the stores (train/plan.RunPlan)")
+        target_steps = f.target_steps
+        if target_steps is None:
+            target_steps = sum(int(sizes[n]) for n in t_names) / batch_size
+        units = None
+        if f.unit != "sequences":
+            units = {n: float(stores[n].train.units(seq_len, f.unit, int(sizes[n]), (first or {}).get(n, 0)).mean())
+                     for n in t_names + g_names}
+        plan = sched.finetune(target_steps, f.epochs, f.replay, units=units, target=f.target,
+                              generic=f.generic if f.generic is not None else {})
+        if pc.steps is not None and pc.steps != plan.steps:
+            raise ScheduleError(f"phase '{pc.name}': steps={pc.steps} disagrees with the finetune schedule's "
+                                f"{plan.steps}; drop steps")
+        return plan.schedule, plan.steps, {**plan.to_dict(), "unit": f.unit,
+                                           **({"units_per_sequence": units} if units else {})}
+    steps = int(pc.steps)  # validated: only a finetune spec derives its own
+    if pc.two_stage is not None:
+        t = pc.two_stage
+        plan2 = sched.two_stage(steps, t.gamma, t.replay, t.alpha, target=t.target, generic=t.generic)
+        return plan2.schedule, steps, plan2.to_dict()
+    if pc.uniform is not None:
+        u = pc.uniform
+        s = sched.uniform(u.gamma, target=u.target, generic=u.generic)
+        return s, steps, {"setting": "uniform", "gamma": u.gamma, **s.to_dict()}
+    if pc.constant is not None:
+        s = sched.constant(pc.constant)
+        return s, steps, {"setting": "constant", **s.to_dict()}
+    s = sched.Schedule(pc.stages or [])
+    return s, steps, {"setting": "stages", **s.to_dict()}
+
+
 @dataclass(frozen=True)
 class PhasePlan:
     index: int
@@ -109,22 +159,34 @@ class RunPlan:
 
     def __init__(self, cfg: RunConfig, stores: Mapping[str, TokenStore], *, precision: str = "fp32"):
         self.cfg = cfg
-        self.stores = dict(stores)
-        self.sources: tuple[str, ...] = tuple(cfg.data.sources)
-        self.seq_len = cfg.data.seq_len
-        self.batch_size = cfg.data.batch_size
         self.precision = precision
+        self._plan(cfg.data, cfg.phases, stores)
+
+    @classmethod
+    def of_phases(cls, data: DataConfig, phases: list[PhaseConfig], stores: Mapping[str, TokenStore]) -> "RunPlan":
+        """The data side of a plan without a model (``hf.ReplayDataset``): batches, no signatures."""
+        plan = cls.__new__(cls)
+        plan.cfg, plan.precision = None, "fp32"
+        plan._plan(data, phases, stores)
+        return plan
+
+    def _plan(self, data: DataConfig, phase_cfgs: list[PhaseConfig], stores: Mapping[str, TokenStore]) -> None:
+        self.phase_configs = tuple(phase_cfgs)
+        self.stores = dict(stores)
+        self.sources: tuple[str, ...] = tuple(data.sources)
+        self.seq_len = data.seq_len
+        self.batch_size = data.batch_size
         self.vocab_size = max(s.vocab_size for s in self.stores.values())
         self.eos_id = next(iter(self.stores.values())).eos_id
-        mode = cfg.data.document_attention
+        mode = data.document_attention
         # block-diagonal attention within each packed document (chat/instruction data by default)
         self.block = mode == "block" or (mode == "auto" and any(s.has_loss_mask for s in self.stores.values()))
         sizes = {}
         # mixture id i of a source is its training sequence first + i
-        self.first = {name: cfg.data.sources[name].first for name in self.stores}
+        self.first = {name: data.sources[name].first for name in self.stores}
         for name, store in self.stores.items():
             available = store.train.num_sequences(self.seq_len) - self.first[name]
-            limit = cfg.data.sources[name].sequences
+            limit = data.sources[name].sequences
             if available <= 0 or (limit is not None and limit > available):
                 raise ConfigError(
                     f"data.sources.{name}: asks for {limit or 'all'} sequences of length {self.seq_len} from sequence "
@@ -133,15 +195,19 @@ class RunPlan:
                 )
             sizes[name] = available if limit is None else limit
         self.train_sequences = sizes
-        caps = {name: src.max_epochs for name, src in cfg.data.sources.items()}
+        caps = {name: src.max_epochs for name, src in data.sources.items()}
         phases: list[PhasePlan] = []
         start = 0
-        for i, pc in enumerate(cfg.phases):
-            schedule, steps, description = pc.build()
-            seed = phase_seed(cfg.data.seed, i) if pc.seed is None else int(pc.seed)
+        for i, pc in enumerate(phase_cfgs):
+            seed = phase_seed(data.seed, i) if pc.seed is None else int(pc.seed)
             try:
+                schedule, steps, description = resolve_phase(pc, self.stores, sizes=sizes, first=self.first,
+                                                              seq_len=self.seq_len, batch_size=self.batch_size)
+                unknown = [s for s in schedule.sources if s not in sizes]
+                if unknown:
+                    raise ConfigError(f"source {unknown[0]!r} is not in data.sources")
                 mixture = Mixture(schedule, sizes, self.batch_size, steps, seed=seed, max_epochs=caps)
-            except ScheduleError as exc:
+            except (ScheduleError, ConfigError) as exc:
                 raise ConfigError(f"phases.{i} ({pc.name}): {exc}") from None
             phases.append(PhasePlan(i, pc.name, start, steps, schedule, description, mixture, pc.lr, pc.reset_optimizer, seed))
             start += steps
