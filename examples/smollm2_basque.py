@@ -1,6 +1,6 @@
 """SmolLM2-135M on Basque with English replay: a miniature of the paper's Basque experiment.
 
-The paper (METHOD.md, "Practice at 8B") continues pre-training Llama-3.1-8B on Basque text for
+The paper (docs/method.md, "Practice at 8B") continues pre-training Llama-3.1-8B on Basque text for
 one epoch while replaying generic English web text at rho in {0, .5, .75, .9}, LR 1e-5 cosine
 with 1% warmup, and compares target (Basque) quality and forgetting. This script runs the
 same recipe on a CPU in minutes:

@@ -10,6 +10,7 @@ from a package to modules inside it are left out.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import replaytune
@@ -87,3 +88,72 @@ def test_no_import_cycle_in_src():
     assert "replaytune.train.loop" in graph and graph["replaytune.train.loop"]  # the graph is real
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+# -- rules that keep the layout honest ------------------------------------------------------
+REPO = SRC.parent.parent
+LINE_LIMIT = 550
+# Modules allowed past the limit, each one idea (the loop; the readers of every input format).
+LONG_MODULES = {"replaytune/train/loop.py", "replaytune/data/sources.py"}
+
+
+def _src_files():
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_only_the_run_plan_builds_a_mixture():
+    """``Mixture(`` is constructed in train/plan.py alone: every route to a batch goes through RunPlan."""
+    builders = []
+    for path in _src_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Mixture":
+                builders.append(str(path.relative_to(SRC.parent)))
+    assert builders and set(builders) == {"replaytune/train/plan.py"}, builders
+
+
+def test_no_module_over_the_line_limit():
+    long = {str(p.relative_to(SRC.parent)): n for p in _src_files()
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > LINE_LIMIT}
+    unexpected = {k: v for k, v in long.items() if k not in LONG_MODULES}
+    assert not unexpected, f"modules over {LINE_LIMIT} lines (split them, one idea a file): {unexpected}"
+
+
+# What counts as a reference to one of the project's files: a markdown page, a Python module
+# (bare or with its folders) or a file under examples/. Files a user gives (eu.txt, RUN.yaml) or a
+# run writes (report.md, replay_search.md) are not the project's, and are named in _ELSEWHERE.
+_FILE_REF = re.compile(r"(?<![\w./-])((?:\.\./)*(?:[\w-]+/)*[\w-]+\.(?:md|py)|examples/[\w./-]+\.\w+)(?![\w/])")
+_ELSEWHERE = {"report.md", "replay_search.md", "forgetting.md", "README.md", "pydoc_data/topics.py", "model_card.md", "setup.py",
+              "sft.py", "train.py", "conftest.py", "my_eval.py"}
+
+
+def _documents():
+    docs = [REPO / "README.md", REPO / "ARCHITECTURE.md", REPO / "BENCHMARKS.md", *(REPO / "docs").glob("*.md")]
+    return [p for p in docs if p.is_file()] + _src_files() + sorted((REPO / "examples").glob("*"))
+
+
+def _exists(ref: str, doc: Path) -> bool:
+    roots = [doc.parent, REPO, REPO / "docs", SRC.parent, SRC, REPO / "tests"]
+    if any((root / ref).exists() for root in roots):
+        return True
+    return "/" not in ref and any(p for p in REPO.rglob(ref) if ".venv" not in p.parts and ".git" not in p.parts)
+
+
+def test_every_referenced_file_is_in_the_repository():
+    missing = []
+    for doc in _documents():
+        text = doc.read_text(encoding="utf-8", errors="replace")
+        assert "../shared" not in text, f"{doc}: points outside the repository (../shared)"
+        for ref in set(_FILE_REF.findall(text)):
+            if ref in _ELSEWHERE or ref.rsplit("/", 1)[-1] in _ELSEWHERE or ref.startswith("_"):
+                continue
+            if not _exists(ref, doc):
+                missing.append(f"{doc.relative_to(REPO)}: {ref}")
+    assert not missing, "references to files not in the repository: " + ", ".join(sorted(missing))
+
+
+def test_the_reference_check_can_fail(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text("see METHOD.md and train/loop.py")
+    refs = set(_FILE_REF.findall(doc.read_text()))
+    assert refs == {"METHOD.md", "train/loop.py"}
+    assert not _exists("METHOD.md", doc) and _exists("train/loop.py", doc)

@@ -1,7 +1,7 @@
 """Target data efficiency: the reference fit, its inversion and replay multipliers.
 
 Pure functions on numbers (no files, no models), following Kotha & Liang (2026) as
-restated in METHOD.md, "Target data efficiency":
+restated in docs/method.md, "Target data efficiency":
 
 1. Reference runs mix target data uniformly through the whole run at several amounts of
    unique target data x. Their final target losses are fitted with

@@ -34,7 +34,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from replaytune.errors import ConfigError
 from replaytune.rundir import RECORD
-from replaytune.train.metrics import atomic_write_json, atomic_write_text, read_metrics
+from replaytune.fsio import write_json, write_text
+from replaytune.train.metrics import read_metrics
 
 REPORT_JSON = "forgetting.json"
 REPORT_MD = "forgetting.md"
@@ -185,8 +186,8 @@ def _with_stderr(value: float | None, stderr: float | None) -> str:
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> tuple[Path, Path]:
     out = Path(out_dir)
-    atomic_write_json(out / REPORT_JSON, report)
-    atomic_write_text(out / REPORT_MD, format_report(report))
+    write_json(out / REPORT_JSON, report)
+    write_text(out / REPORT_MD, format_report(report))
     return out / REPORT_JSON, out / REPORT_MD
 
 

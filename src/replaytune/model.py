@@ -2,7 +2,7 @@
 
 Everything is a ``transformers`` model (``LlamaForCausalLM`` for the presets) and is saved
 with ``save_pretrained``, so transformers, peft and lm-evaluation-harness load our outputs
-unchanged. The presets follow Kotha & Liang (2026), see METHOD.md:
+unchanged. The presets follow Kotha & Liang (2026), see docs/method.md:
 
 =======  ======  =====  ======  =====  ==========================================
 preset   hidden  MLP    layers  heads  use

@@ -7,7 +7,7 @@ with a schedule (negative or all-zero weights, stages out of order, a first stag
 does not start at step 0, rho >= 1, delta > 1) is refused here, when the schedule is
 built, never when training reaches it.
 
-The constructors implement the two settings of Kotha & Liang (2026), see METHOD.md:
+The constructors implement the two settings of Kotha & Liang (2026), see docs/method.md:
 
 * :func:`finetune` - target data for ``target_steps`` batches repeated ``epochs`` times,
   with replay fraction rho: the stage grows to ``target_steps * epochs / (1 - rho)`` steps
@@ -291,7 +291,7 @@ def two_stage(
     target: str = TARGET,
     generic: str = GENERIC,
 ) -> TwoStagePlan:
-    """The paper's two-stage mid-training schedule (METHOD.md, "Mid-training").
+    """The paper's two-stage mid-training schedule (docs/method.md, "Setting 2").
 
     Example: N = 1024, gamma = 1/32 (1 batch x 32 epochs), rho = 0.5, alpha = 1 gives
     delta = 1/16, Stage 2 = the last 64 steps at 50 % target, Stage 1 pure generic.

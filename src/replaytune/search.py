@@ -1,7 +1,7 @@
 """Choosing the replay fraction: successive halving over full-length schedules.
 
 The paper's advice is that the best replay fraction rho is usually 0.25-0.75 and must be tuned
-per domain (METHOD.md). Running every candidate to the end costs the whole grid; this search
+per domain (docs/method.md). Running every candidate to the end costs the whole grid; this search
 costs a fraction of it, because replaytune's runs continue exactly from any checkpoint.
 
 Every candidate (rho, and optionally a peak LR) keeps its own full-length schedule: with more

@@ -1,7 +1,7 @@
 """The paper's controlled study as a list of runs, and its results.
 
 Given a model, a generic and a target token store and a step budget N, the study builds
-(METHOD.md, "Controlled setup"):
+(docs/method.md, "The controlled setup"):
 
 * fine-tuning runs: pre-train on generic for ``N - F`` steps, then fine-tune for
   ``F = T * E / (1 - rho)`` steps (T target batches, E epochs) with a fresh optimizer and
@@ -420,7 +420,7 @@ def analyse(rows: list[dict[str, Any]], family: str = "uniform", *, resamples: i
 # --------------------------------------------------------------------------------------
 
 PAPER = {
-    # METHOD.md, "Controlled setup": 150M Llama, seq 4096, batch 1024, 1024 steps (4.3B tokens),
+    # docs/method.md, "The controlled setup": 150M Llama, seq 4096, batch 1024, 1024 steps (4.3B tokens),
     # unique target = 1 batch; 64 fine-tuning epochs, 32 mid-training epochs.
     "model": {"preset": "150m"},
     "seq_len": 4096,

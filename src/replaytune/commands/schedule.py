@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "schedule",
         help="show the paper's mixture schedules (stages, weights, switch step)",
-        description="Compute the replay schedules of METHOD.md and print their stages. Impossible "
+        description="Compute the paper's replay schedules (docs/method.md) and print their stages. Impossible "
         "inputs (rho >= 1, Stage 2 longer than the run, ...) exit with status 2 and one line.",
     )
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)

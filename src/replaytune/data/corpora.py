@@ -1,7 +1,7 @@
 """Real text already on the machine, written as jsonl corpora (nothing is downloaded).
 
 The default demo needs a generic source and targets at different distances from it
-(METHOD.md, issue "Data for the default demo"). A Debian-like machine with Python has:
+(docs/method.md). A Debian-like machine with Python has:
 
 * man pages - English technical prose (:func:`man_pages`): ``/usr/share/man/man[1-8]/*.gz``,
   roff stripped to text (:mod:`replaytune.data.roff`), one document per page; aliases

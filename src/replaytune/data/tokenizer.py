@@ -11,7 +11,7 @@
   ``<|endoftext|>`` (EOS, also used as padding), saved with ``save_pretrained`` so
   ``AutoTokenizer`` loads it. Byte-level means no unknown tokens: the 256 byte symbols are
   the initial alphabet and merges add the rest (a vocabulary of 2,048 = 256 bytes + 1 special
-  + 1,791 merges). 2k-4k is what CPU-sized models want (ENVIRONMENT.md: an 8k vocabulary
+  + 1,791 merges). 2k-4k is what CPU-sized models want (measured on a 2-core CPU: an 8k vocabulary
   halves a d128 model's throughput).
 """
 

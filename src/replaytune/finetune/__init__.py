@@ -44,7 +44,7 @@ The target is seen ``epochs`` times whatever rho is: with ``N_t`` target trainin
 batch B and target weight ``w_t``, ``steps = ceil(N_t * epochs / (B * w_t))``. The target
 size in batches, ``N_t / B``, need not be an integer; rounding up to whole steps shows the
 target at most one batch's target share more than asked (reported as the realised epochs).
-Text only: ``w_t = 1 - rho`` and steps = target_batches * epochs / (1 - rho), as in METHOD.md.
+Text only: ``w_t = 1 - rho`` and steps = target_batches * epochs / (1 - rho), as in docs/method.md.
 
 Several sources on a side
 -------------------------

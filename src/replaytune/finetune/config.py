@@ -27,7 +27,7 @@ from replaytune.trackers import ReportTo
 
 DEFAULT_EPOCHS = {"text": 1.0, "chat": 3.0, "instruction": 3.0}
 DEFAULT_LR = {"full": 1e-5, "lora": 1e-4}  # full: the paper's Basque run; LoRA adapters want ~10x more
-DEFAULT_REPLAY_FRACTION = 0.5  # METHOD.md: the best rho is most often 0.5
+DEFAULT_REPLAY_FRACTION = 0.5  # docs/method.md: the paper's best rho is most often 0.5
 DEFAULT_VAL = {TARGET: 0.05, GENERIC: 0.01}  # held-out share of documents
 SUMMARY = "finetune.json"
 MARKER = ".replaytune-finetune"

@@ -34,10 +34,9 @@ from replaytune.errors import ConfigError, DataError, ReplaytuneError
 from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources, source_names
 from replaytune.finetune import search as fsearch
 from replaytune.finetune.plan import ReplayPlan, finetune_spec, plan_for, realised_units
-from replaytune.fsio import replace_dir, temp_dir, write_text
+from replaytune.fsio import replace_dir, temp_dir, write_json, write_text
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.loop import Trainer
-from replaytune.train.metrics import atomic_write_json
 
 # ------------------------------------------------------------------------------------------
 # Model and tokenizer checks (before anything is written)
@@ -362,7 +361,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         for folder in ("model", "adapter"):
             if (out / folder).is_dir():
                 write_text(out / folder / "README.md", model_card(result.summary, result.report, folder))
-        atomic_write_json(out / SUMMARY, result.summary)  # last: marks the fine-tune finished
+        write_json(out / SUMMARY, result.summary)  # last: marks the fine-tune finished
         say(f"outputs in {out}: " + ", ".join(f"{k} {v}" for k, v in outputs.items()))
     dist.barrier()
     return result
@@ -590,7 +589,7 @@ def _use_cache(model_dir: Path) -> None:
         data = json.loads(path.read_text())
         if data.get("use_cache") is False:
             data["use_cache"] = True
-            atomic_write_json(path, data)
+            write_json(path, data)
 
 
 def _eval_tasks(cfg: FinetuneConfig):

@@ -55,7 +55,8 @@ from replaytune.train.evaluation import (
 )
 from replaytune import rundir
 from replaytune.rundir import CONFIG, METRICS, RECORD, RunLock, RunLocked
-from replaytune.train.metrics import MetricsLog, Progress, atomic_write_json, atomic_write_text, clean, prefix_lines
+from replaytune.fsio import write_json, write_text
+from replaytune.train.metrics import MetricsLog, Progress, clean, prefix_lines
 from replaytune.train.optim import make_optimizer
 from replaytune.train.plan import RunPlan, base_signature, chain, open_stores, step_signatures
 
@@ -249,7 +250,7 @@ class Trainer:
                                   config=self.cfg.model_dump(mode="json", exclude_none=True))
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG, text)
+            write_text(self.run_dir / CONFIG, text)
             if source is not None and not branch:
                 for w in self.metrics.open(truncate_to=source.state["metrics_offset"], resume_step=source.step):
                     warnings.warn(w)
@@ -566,7 +567,7 @@ class Trainer:
             "tokens_per_s": plan.total_steps * cfg.data.batch_size * cfg.data.seq_len / self.train_time if self.train_time > 0 else 0.0,
         }
         if dist.is_main:
-            atomic_write_json(self.run_dir / RECORD, record)  # last: marks the run finished
+            write_json(self.run_dir / RECORD, record)  # last: marks the run finished
         dist.barrier()
         return record
 

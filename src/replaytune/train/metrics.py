@@ -26,15 +26,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from replaytune import trackers
-from replaytune.fsio import write_json, write_text
 from replaytune.rundir import METRICS
 
 TIMING_KEYS = ("tokens_per_s", "elapsed_s")
-
-
-# the run directory's files are written atomically (fsio: temp name, fsync, rename)
-atomic_write_text = write_text
-atomic_write_json = write_json
 
 
 def clean(value: float | None) -> float | None:
