@@ -71,7 +71,7 @@ def configs(stores: dict[str, Path], runs: int, steps: int):
 def run(executor_name: str, cfgs, out: Path, ray_tmp: Path | None) -> dict:
     import torch
 
-    from replaytune import sweep
+    from replaytune.study import sweep
 
     torch.set_num_threads(1)
     tasks = sweep.build_tasks(cfgs, out, share_prefixes=False)
@@ -85,7 +85,7 @@ def run(executor_name: str, cfgs, out: Path, ray_tmp: Path | None) -> dict:
     else:
         import ray
 
-        from replaytune.cluster import RayExecutor
+        from replaytune.study.sweep.ray import RayExecutor
 
         t = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, _temp_dir=str(ray_tmp),

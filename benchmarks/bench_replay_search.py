@@ -24,7 +24,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from replaytune import config, rundir, sweep
+from replaytune import config, rundir
+from replaytune.study import sweep
 from replaytune.search import Candidate, Outcome, rung_steps, successive_halving
 from replaytune.schedule import finetune as finetune_schedule
 from replaytune.train import read_metrics, train

@@ -157,3 +157,25 @@ def test_the_reference_check_can_fail(tmp_path):
     refs = set(_FILE_REF.findall(doc.read_text()))
     assert refs == {"METHOD.md", "train/loop.py"}
     assert not _exists("METHOD.md", doc) and _exists("train/loop.py", doc)
+
+
+def test_layers_point_down():
+    """The study and fine-tuning layers stand on the core and never import each other; the core imports neither.
+
+    ``commands`` and ``cli`` sit above all three (they parse flags and call one layer).
+    """
+    graph = import_graph()
+    layer = {}
+    for name in graph:
+        if name.startswith("replaytune.study"):
+            layer[name] = "study"
+        elif name.startswith("replaytune.finetune"):
+            layer[name] = "finetune"
+        elif name.startswith(("replaytune.commands", "replaytune.cli")):
+            layer[name] = "top"
+        else:
+            layer[name] = "core"
+    assert {"study", "finetune", "core", "top"} <= set(layer.values())
+    allowed = {"core": {"core"}, "study": {"study", "core"}, "finetune": {"finetune", "core"}, "top": set(layer.values())}
+    wrong = [f"{a} -> {b}" for a, deps in graph.items() for b in deps if layer[b] not in allowed[layer[a]]]
+    assert not wrong, "imports against the layers: " + ", ".join(sorted(wrong))

@@ -4,9 +4,9 @@ covered by tests/train; a full demo takes ~17 minutes and is measured in BENCHMA
 import pytest
 
 from replaytune.train.plan import resolve_phase
-from replaytune import demo
+from replaytune.study import demo
 from replaytune.errors import DataError
-from replaytune.study import build_runs
+from replaytune.study.runs import build_runs
 
 
 def test_missing_user_corpus_names_the_flag(tmp_path):

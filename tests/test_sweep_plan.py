@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replaytune.errors import ConfigError
-from replaytune.sweep import common_prefix, expand_grid, plan
+from replaytune.study.sweep import common_prefix, expand_grid, plan
 
 
 def chain(steps):
@@ -60,7 +60,7 @@ def test_plan_ignores_prefixes_too_short_to_be_worth_a_checkpoint():
 
 def test_a_sweep_whose_base_file_is_missing_names_it(tmp_path):
     from replaytune.errors import ConfigError
-    from replaytune.sweep import load_sweep
+    from replaytune.study.sweep import load_sweep
 
     (tmp_path / "s.yaml").write_text("base: nope.yaml\ngrid: {}\n")
     with pytest.raises(ConfigError, match="nope.yaml not found"):

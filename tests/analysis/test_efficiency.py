@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from replaytune import cli
-from replaytune import efficiency as eff
+from replaytune.study import efficiency as eff
 
 A, B, C = 0.8, 0.3, 2.5
 PAPER_XS = [1.0, 2.0, 4.0, 8.0, 16.0]
@@ -383,7 +383,7 @@ def test_uniform_family_uses_the_uniform_reference_runs():
 
 
 def test_reference_points_never_stand_in_for_a_method_or_its_baseline(tmp_path):
-    from replaytune.results import Results
+    from replaytune.study.results import Results
 
     rows = baseline_family_runs()
     groups = eff.group_runs(rows)

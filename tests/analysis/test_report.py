@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from replaytune import cli
-from replaytune import efficiency as eff
-from replaytune.report import PLOTS, build_report
+from replaytune.study import efficiency as eff
+from replaytune.study.report import PLOTS, build_report
 
 from .conftest import REF, make_results
 

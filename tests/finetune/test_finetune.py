@@ -14,7 +14,7 @@ from .conftest import base_values
 from replaytune.cli import main
 from replaytune.errors import ReplaytuneError
 from replaytune.finetune import load_config, run_finetune
-from replaytune.forgetting import LM_EVAL_MISSING
+from replaytune.finetune.forgetting import LM_EVAL_MISSING
 from replaytune.train import read_metrics
 
 

@@ -77,7 +77,7 @@ def test_hf_dataset_draws_the_finetune_batches(assets, tmp_path):
     """``ReplayDataset.from_stores`` at the same settings is the same mixture as the fine-tune's run."""
     from replaytune.data.store import TokenStore
     from replaytune.finetune import load_config, run_finetune
-    from replaytune.hf import ReplayDataset
+    from replaytune.finetune.hf import ReplayDataset
 
     out = tmp_path / "hf"
     cfg = load_config(None, base_values(assets, out, model=str(assets.chat_model), seq_len=64,

@@ -13,7 +13,7 @@ from replaytune.data.sources import SourceSpec
 from replaytune.data.store import TokenStore
 from replaytune.errors import DataError
 from replaytune.finetune import build_run_config, load_config, plan_replay
-from replaytune.hf import IGNORE, ReplayDataset
+from replaytune.finetune.hf import IGNORE, ReplayDataset
 from replaytune.train.evaluation import document_positions, make_inputs, sequence_losses
 from replaytune.train.plan import RunPlan
 

@@ -17,7 +17,7 @@ from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError
 from replaytune.finetune import load_config, plan_replay, run_finetune, sequence_units
 from replaytune.finetune.config import source_names, split_weight
-from replaytune.forgetting import side_loss
+from replaytune.finetune.forgetting import side_loss
 from replaytune.train import read_metrics
 from replaytune.train.metrics import TIMING_KEYS
 
@@ -335,7 +335,7 @@ def test_replay_fraction_auto_with_two_replay_sources(assets, tmp_path):
 
 def test_replay_dataset_from_stores_takes_several_sources(assets, tmp_path):
     from replaytune.finetune.run import build_run_config
-    from replaytune.hf import ReplayDataset
+    from replaytune.finetune.hf import ReplayDataset
     from replaytune.train.plan import RunPlan
 
     cfg = _two_replay(assets, tmp_path / "out", epochs=2)

@@ -18,7 +18,9 @@ import pytest
 from .helpers import strip_timing
 from .test_sweep_resume import _leftovers
 from .test_sweep_study import _study
-from replaytune import cli, rundir, study, sweep
+from replaytune import cli, rundir
+from replaytune.study import runs as study
+from replaytune.study import sweep
 from replaytune.errors import ReplaytuneError
 from replaytune.train import read_metrics
 
@@ -80,7 +82,7 @@ def local_sweep(stores, tmp_path_factory):
 
 
 def test_ray_sweep_with_prefix_sharing_matches_the_local_executor(ray_local, local_sweep, stores, tmp_path):
-    from replaytune.cluster import RayExecutor
+    from replaytune.study.sweep.ray import RayExecutor
 
     tasks = sweep.build_tasks(_configs(stores), tmp_path / "runs")
     assert sum(t.branch_from is not None for t in tasks) == 3 and any(t.branch_step < 36 for t in tasks[1:])
@@ -122,7 +124,7 @@ def _kill_after_first_checkpoint(run_dir: Path, killed: dict, stop: threading.Ev
 
 
 def test_a_killed_ray_worker_is_retried_and_the_sweep_ends_identical(ray_local, local_sweep, stores, tmp_path):
-    from replaytune.cluster import RayExecutor
+    from replaytune.study.sweep.ray import RayExecutor
 
     tasks = sweep.build_tasks(_configs(stores), tmp_path / "runs")
     root = tasks[0]  # every other run branches from it
@@ -148,7 +150,7 @@ def test_a_killed_ray_worker_is_retried_and_the_sweep_ends_identical(ray_local, 
 
 
 def test_without_retries_a_killed_run_fails_the_sweep_with_a_clear_message(ray_local, stores, tmp_path):
-    from replaytune.cluster import RayExecutor
+    from replaytune.study.sweep.ray import RayExecutor
 
     tasks = sweep.build_tasks(_configs(stores)[:1], tmp_path / "runs")
     killed: dict = {}
@@ -167,7 +169,7 @@ def test_without_retries_a_killed_run_fails_the_sweep_with_a_clear_message(ray_l
 def test_launcher_ray_errors_name_the_fix(stores, tmp_path, monkeypatch, capsys):
     import socket
 
-    from replaytune.cluster import connect
+    from replaytune.study.sweep.ray import connect
 
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text("base: {name: x}\ngrid: {}\n")
@@ -213,7 +215,7 @@ def test_a_multi_process_run_starts_under_torchrun_and_branches(stores, local_sw
 
 
 def test_flags_map_onto_the_ray_executor(tmp_path):
-    from replaytune.cluster import RayExecutor
+    from replaytune.study.sweep.ray import RayExecutor
     from replaytune.commands import make_executor
     from replaytune.errors import ConfigError
 

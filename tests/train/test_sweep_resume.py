@@ -10,7 +10,9 @@ import time
 
 from .helpers import python, strip_timing, subprocess_env
 from .test_sweep_study import _study
-from replaytune import rundir, study, sweep
+from replaytune import rundir
+from replaytune.study import runs as study
+from replaytune.study import sweep
 from replaytune.train import read_metrics
 
 FT = {"epochs": 4, "replay": [0.0, 0.5], "lrs": [1e-3]}
@@ -53,7 +55,7 @@ KILLABLE_STUDY = """
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from replaytune import study
+from replaytune.study import runs as study
 from replaytune.train import loop
 cfg = study.StudyConfig.model_validate_json(open(sys.argv[1]).read())
 slow = loop.Trainer._update

@@ -9,7 +9,9 @@ import pytest
 
 from .helpers import TINY
 from replaytune.train.plan import resolve_phase
-from replaytune import report, study, sweep
+from replaytune.study import report
+from replaytune.study import runs as study
+from replaytune.study import sweep
 
 
 def _study(stores, **kw):

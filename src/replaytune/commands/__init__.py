@@ -61,7 +61,7 @@ def make_executor(args):
         return None
     if getattr(args, "torchrun", False):
         raise ConfigError("--torchrun is for --launcher local; with --launcher ray use --gpus-per-run K")
-    from replaytune.cluster import RayExecutor, require_ray
+    from replaytune.study.sweep.ray import RayExecutor, require_ray
 
     require_ray(local=args.address in (None, "local"))  # before anything is planned or written
     return RayExecutor(args.address, gpus_per_run=args.gpus_per_run, cpus_per_run=args.cpus_per_run,

@@ -9,7 +9,7 @@ def _run(args) -> int:
     import json
     from pathlib import Path
 
-    from replaytune import demo
+    from replaytune.study import demo
 
     summary = demo.run_demo(args.out, generic=args.generic, targets=args.target or None, quick=args.quick,
                             workers=args.workers)

@@ -63,7 +63,7 @@ def _interval(iv: list | None) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    """A readable rendering of :func:`replaytune.efficiency.analyze`'s result."""
+    """A readable rendering of :func:`replaytune.study.efficiency.analyze`'s result."""
     f = result["fit"]
     lines = [
         f"fit: L(x) = A / x^B + C   A = {f['A']:.4g}   B = {f['B']:.4g}   C = {f['C']:.4g}"
@@ -108,7 +108,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from replaytune.efficiency import FitError, analyze, parse_input
+    from replaytune.study.efficiency import FitError, analyze, parse_input
 
     if args.bootstrap < 0:
         raise DataError(f"--bootstrap must be >= 0, got {args.bootstrap}")

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from replaytune.report import build_report
+    from replaytune.study.report import build_report
 
     if args.bootstrap < 0:
         raise DataError(f"--bootstrap must be >= 0, got {args.bootstrap}")

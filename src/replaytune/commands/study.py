@@ -8,7 +8,8 @@ from replaytune.commands import REPORT_TO_METAVAR, add_launcher_flags, make_exec
 
 
 def _run(args) -> int:
-    from replaytune import report, study
+    from replaytune.study import report
+    from replaytune.study import runs as study
 
     executor = make_executor(args)
     extra = (["replay_search=true"] if args.auto else []) + report_override(args)
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "target-data efficiency multipliers and forgetting. `--preset paper` is the paper's setup (150M model, "
         "1024 steps of 1024 x 4096 tokens): give it your stores with --set target_store=... generic_store=...",
     )
-    p.add_argument("config", nargs="?", help="study YAML (fields of replaytune.study.StudyConfig)")
+    p.add_argument("config", nargs="?", help="study YAML (fields of replaytune.study.runs.StudyConfig)")
     p.add_argument("--preset", choices=["paper"], help="start from a named preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--out", default="study-out", help="output directory (default: study-out)")

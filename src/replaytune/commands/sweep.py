@@ -8,7 +8,7 @@ from replaytune.commands import REPORT_TO_METAVAR, add_launcher_flags, make_exec
 
 
 def _run(args) -> int:
-    from replaytune import sweep
+    from replaytune.study import sweep
 
     executor = make_executor(args)
     configs, out_dir = sweep.load_sweep(args.config, args.set + report_override(args))

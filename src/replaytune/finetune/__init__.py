@@ -13,7 +13,7 @@ as a YAML file, :class:`FinetuneConfig`) does, in order:
 4. builds a :class:`~replaytune.config.RunConfig` with one phase from the pretrained model and
    runs the one training loop (``replaytune.train``), full fine-tuning or LoRA;
 5. moves the Hugging Face model into place (merged, or the adapter), writes the forgetting
-   report (:mod:`replaytune.forgetting`) and, last, ``OUT/finetune.json``.
+   report (:mod:`replaytune.finetune.forgetting`) and, last, ``OUT/finetune.json``.
 
 The modules, each importing only the ones before it:
 

@@ -130,6 +130,29 @@ def plan_replay(
     Inputs that cannot make a plan are refused here with the user's words (flags, sources),
     so :func:`replaytune.schedule.finetune` only ever sees valid ones.
     """
+    stores, spec = check_sides(target, generic, replay_fraction=replay_fraction, epochs=epochs, seq_len=seq_len,
+                               unit=unit, weights=weights)
+    data = DataConfig(sources={name: {"store": str(store.path)} for name, store in stores.items()},
+                      seq_len=seq_len, batch_size=batch_size, seed=seed)
+    return replay_plan(RunPlan.of_phases(data, [PhaseConfig(name="finetune", finetune=spec)], stores))
+
+
+def check_sides(
+    target: TokenStore | Mapping[str, TokenStore],
+    generic: TokenStore | Mapping[str, TokenStore] | None,
+    *,
+    replay_fraction: float,
+    epochs: float,
+    seq_len: int,
+    unit: str = "tokens",
+    weights: Mapping[str, float] | None = None,
+) -> tuple[dict[str, TokenStore], dict[str, Any]]:
+    """The stores by name and the phase spec (``config.FinetuneSpec``) of a fine-tune, checked in the user's words.
+
+    Inputs that cannot make a plan (too little data, a target without loss-bearing tokens,
+    replay without a replay source, a bad weight) are refused here, naming the flag or source,
+    so the plan (``train/plan.resolve_phase``) only ever sees valid ones.
+    """
     rho = float(replay_fraction)
     if not (0.0 <= rho < 1.0):
         raise ConfigError(f"replay_fraction must be in [0, 1), got {rho:g}")
@@ -168,11 +191,7 @@ def plan_replay(
     for name, w in given.items():
         if name in stores and not (w > 0 and math.isfinite(w)):
             raise ConfigError(f"{label(name)} source: weight must be > 0, got {w:g}")
-    spec = finetune_spec(side_weights, replay_fraction=rho, epochs=epochs, unit=unit)
-    data = DataConfig(sources={name: {"store": str(store.path)} for name, store in stores.items()},
-                      seq_len=seq_len, batch_size=batch_size, seed=seed)
-    run_plan = RunPlan.of_phases(data, [PhaseConfig(name="finetune", finetune=spec)], stores)
-    return replay_plan(run_plan)
+    return stores, finetune_spec(side_weights, replay_fraction=rho, epochs=epochs, unit=unit)
 
 
 def finetune_spec(side_weights: Mapping[str, Mapping[str, float]], *, replay_fraction: float, epochs: float,
@@ -219,7 +238,15 @@ def plan_for(cfg: FinetuneConfig, stores: Mapping[str, TokenStore], *, replay_fr
     side = {role: {n: stores[n] for n, (r, _) in names.items() if r == role} for role in (TARGET, GENERIC)}
     return plan_replay(side[TARGET], side[GENERIC] or None, replay_fraction=replay_fraction, epochs=epochs,
                        seq_len=cfg.seq_len, batch_size=cfg.batch_size, unit=cfg.replay_unit,
-                       weights={n: arg.weight for n, (_, arg) in names.items()})
+                       weights={n: arg.weight for n, (_, arg) in names.items()}, seed=cfg.seed)
+
+
+def spec_for(cfg: FinetuneConfig, stores: Mapping[str, TokenStore], *, epochs: float) -> dict[str, Any]:
+    """The checked phase spec of ``cfg`` at its replay fraction (what ``build_run_config`` writes)."""
+    names = source_names(cfg)
+    side = {role: {n: stores[n] for n, (r, _) in names.items() if r == role} for role in (TARGET, GENERIC)}
+    return check_sides(side[TARGET], side[GENERIC] or None, replay_fraction=cfg.rho, epochs=epochs, seq_len=cfg.seq_len,
+                       unit=cfg.replay_unit, weights={n: arg.weight for n, (_, arg) in names.items()})[1]
 
 
 def replay_read_cap(

@@ -33,10 +33,11 @@ from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
 from replaytune.finetune.config import DEFAULT_EPOCHS, MARKER, SUMMARY, FinetuneConfig, Source, label, resolve_sources, source_names
 from replaytune.finetune import search as fsearch
-from replaytune.finetune.plan import ReplayPlan, finetune_spec, plan_for, realised_units
+from replaytune.finetune.plan import ReplayPlan, finetune_spec, realised_units, replay_plan, spec_for
 from replaytune.fsio import replace_dir, temp_dir, write_json, write_text
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.loop import Trainer
+from replaytune.train.plan import RunPlan
 
 # ------------------------------------------------------------------------------------------
 # Model and tokenizer checks (before anything is written)
@@ -200,8 +201,11 @@ def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[Toke
                            part=part)
 
 
-def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Path], run_dir: Path, tokenizer_dir: Path | None) -> rconfig.RunConfig:
-    """One phase from the pretrained model: the plan's fine-tuning spec (rho, unit, epochs, sources by side).
+def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan | dict[str, Any], stores: dict[str, Path], run_dir: Path,
+                     tokenizer_dir: Path | None) -> rconfig.RunConfig:
+    """One phase from the pretrained model: the fine-tuning spec (rho, unit, epochs, sources by side).
+
+    ``plan``: the spec itself (``finetune.plan.spec_for``) or a :class:`ReplayPlan` to take it from.
 
     The spec, not its stages, goes into the run config: ``config.yaml`` says which rho the run
     ran, and the loop's plan resolves it against the stores into the same mixture as ``plan``.
@@ -225,7 +229,7 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan, stores: dict[str, Pa
             "document_attention": cfg.document_attention,
         },
         "phases": [{
-            "name": "finetune", "finetune": finetune_spec(
+            "name": "finetune", "finetune": plan if isinstance(plan, dict) else finetune_spec(
                 {role: plan.side_parts(role) for role in (TARGET, GENERIC)}, replay_fraction=plan.replay_fraction,
                 epochs=plan.epochs, unit=plan.unit),
             "lr": {"peak": cfg.peak_lr, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "final_ratio": cfg.final_lr_ratio},
@@ -260,7 +264,7 @@ def run_finetune(
 
 def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str], None], prepare_only: bool = False) -> FinetuneResult:
     from replaytune.data import chat
-    from replaytune.forgetting import format_report
+    from replaytune.finetune.forgetting import format_report
 
     if (out / SUMMARY).is_file():
         if not resume:
@@ -311,20 +315,23 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
                 say("replay fraction search over: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
                 return FinetuneResult(out, {"search": [{"rho": c.rho, "lr": c.lr, "steps": c.steps} for c, _, _ in cands]})
             started = True  # candidates' runs exist from here on: a failure leaves them for --resume
-            search, plans = _search(cfg, stores, paths, out, epochs, say)
+            search = _search(cfg, stores, paths, out, epochs, say)
             chosen = search.chosen.candidate
             cfg = cfg.model_copy(update={"replay_fraction": chosen.rho, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
             run_dir = fsearch.run_dir(out, chosen)
-        # under auto the chosen candidate's plan is the run's: rho is planned once
-        plan = plans[chosen.key] if search is not None else plan_for(cfg, stores, replay_fraction=cfg.rho, epochs=epochs)
-        run_cfg = build_run_config(cfg, plan, paths, run_dir, out / "tokenizer")
+        # the run's one plan: the spec goes into the run config, the loop's RunPlan resolves it, and the
+        # same RunPlan is described here and trained on (under auto too: the chosen rho is planned once)
+        run_cfg = build_run_config(cfg, spec_for(cfg, stores, epochs=epochs), paths, run_dir, out / "tokenizer")
+        run_plan = RunPlan(run_cfg, stores)
+        plan = replay_plan(run_plan)
         realised = _realised(run_cfg, stores, plan)
         if dist.is_main:
             say(_describe(plan, realised))
         if prepare_only:
             return FinetuneResult(out, {"plan": {**plan.to_dict(), "realised": realised}}, run_config=run_cfg)
         resume_run = (resume or search is not None) and rundir.is_started(run_dir)  # the search finished the chosen run
-        trainer = FinetuneTrainer(run_cfg, resume=resume_run, activation_checkpointing=cfg.activation_checkpointing)
+        trainer = FinetuneTrainer(run_cfg, resume=resume_run, activation_checkpointing=cfg.activation_checkpointing,
+                                  plan=run_plan)
         started = True
         t0 = time.perf_counter()
         record = trainer.run()
@@ -369,7 +376,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
 
 def model_card(summary: dict[str, Any], report: dict[str, Any], folder: str) -> str:
     """README.md for the saved model (or adapter): base model, data, replay settings, forgetting."""
-    from replaytune.forgetting import format_report
+    from replaytune.finetune.forgetting import format_report
 
     s, plan = summary["settings"], summary["plan"]
     data = summary["data"]
@@ -425,11 +432,8 @@ def model_card(summary: dict[str, Any], report: dict[str, Any], folder: str) -> 
 
 
 def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: Callable[[str], None]):
-    """Run the replay-fraction search (replaytune.search) with each candidate in OUT/search/<key>.
-
-    Returns the search's result and each candidate's plan by key (the chosen one's is the run's).
-    """
-    from replaytune.forgetting import side_loss
+    """Run the replay-fraction search (replaytune.search) with each candidate in OUT/search/<key>."""
+    from replaytune.finetune.forgetting import side_loss
     from replaytune.search import Outcome, rung_step, successive_halving
     from replaytune.train.metrics import read_metrics
 
@@ -454,9 +458,8 @@ def _search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: C
         step0 = next(m["eval"] for m in read_metrics(fsearch.run_dir(out, first)) if m["kind"] == "eval" and m["step"] == 0)
         base_generic = side_loss(step0, cands[0][2].side_parts(GENERIC))
     say("replay fraction search: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
-    result = successive_halving([c for c, _, _ in cands], run_to, fractions=fractions, margin=cfg.search_margin,
-                                base_generic=base_generic, max_forgetting=cfg.max_forgetting, log=say)
-    return result, {c.key: plan for c, _, plan in cands}
+    return successive_halving([c for c, _, _ in cands], run_to, fractions=fractions, margin=cfg.search_margin,
+                              base_generic=base_generic, max_forgetting=cfg.max_forgetting, log=say)
 
 
 def _save_tokenizer(tok, template: str | None, path: Path) -> None:
@@ -596,13 +599,13 @@ def _eval_tasks(cfg: FinetuneConfig):
     """lm-evaluation-harness's task manager for ``eval_tasks``, their data loaded (None: no tasks, or no harness)."""
     if not cfg.eval_tasks:
         return None
-    from replaytune.forgetting import task_manager
+    from replaytune.finetune.forgetting import task_manager
 
     return task_manager(cfg.eval_tasks, cfg.eval_include, load_data=True)
 
 
 def _report(cfg, run_cfg, stores, plan, record, out: Path, say, tasks=None) -> dict[str, Any]:
-    from replaytune.forgetting import build_report, downstream, format_report, held_out, write_report
+    from replaytune.finetune.forgetting import build_report, downstream, format_report, held_out, write_report
 
     paths = {name: arg.path for name, (_, arg) in source_names(cfg).items()}
     sources = {name: {"source": paths[name], **held_out(store, cfg.seq_len, cfg.eval_sequences)}

@@ -89,9 +89,13 @@ class Trainer:
         save_at: Iterable[int] = (),
         callbacks: Sequence[Callable[["Trainer"], None]] = (),
         stop_at: int | None = None,
+        plan: RunPlan | None = None,
     ):
         if out_dir is not None:
             cfg = cfg.model_copy(update={"out_dir": str(out_dir)})
+        if plan is not None and plan.cfg != cfg:
+            raise ValueError("Trainer(plan=...): the plan was made for another run config")
+        self.given_plan = plan  # a RunPlan of this config made by the caller (finetune describes it first)
         self.cfg = cfg
         self.run_dir = Path(cfg.out_dir)
         self.resume = resume
@@ -178,8 +182,13 @@ class Trainer:
         self.precision = resolve_precision(cfg.dtype, dist.device)
         if self.precision == "bf16" and dist.device == "cpu":
             warnings.warn("dtype bf16 on CPU: bf16 autocast is ~12x slower than fp32 on CPUs without bf16 units")
-        self.stores = open_stores(cfg)
-        self.plan = plan = RunPlan(cfg, self.stores, precision=self.precision)
+        if self.given_plan is not None:
+            self.stores, self.plan = self.given_plan.stores, self.given_plan
+            self.plan.precision = self.precision  # enters the prefix signatures only
+        else:
+            self.stores = open_stores(cfg)
+            self.plan = RunPlan(cfg, self.stores, precision=self.precision)
+        plan = self.plan
         late = [s for s in self.save_at if s > plan.total_steps]
         if late:
             raise ReplaytuneError(f"checkpoint.save_at: step {late[0]} is beyond the run's {plan.total_steps} steps")

@@ -1,10 +1,10 @@
 """Sweeps and studies on a Ray cluster: every run of the plan becomes a Ray task.
 
-The scheduler (:func:`replaytune.sweep.execute`) stays the one that decides when a run may
+The scheduler (:func:`replaytune.study.sweep.execute`) stays the one that decides when a run may
 start: as soon as the checkpoint it branches from is on disk, while its parent may still be
-running. :class:`RayExecutor` only submits each ready :class:`~replaytune.sweep.RunTask` as a
+running. :class:`RayExecutor` only submits each ready :class:`~replaytune.study.sweep.RunTask` as a
 Ray task asking for what one run needs (``cpus_per_run`` CPUs, ``gpus_per_run`` GPUs); Ray
-places it on any node with those resources free. In the task, :func:`replaytune.sweep.run_task`
+places it on any node with those resources free. In the task, :func:`replaytune.study.sweep.run_task`
 trains the run in the worker process, or, with ``gpus_per_run`` > 1, starts
 ``torchrun --standalone --nproc_per_node K`` on that node (Ray sets ``CUDA_VISIBLE_DEVICES``
 to the K GPUs it granted; each rank takes ``cuda:LOCAL_RANK`` among them).
@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from replaytune import rundir
 from replaytune.errors import ReplaytuneError
-from replaytune.sweep import Outcome, RunTask, run_task
+from replaytune.study.sweep.task import Outcome, RunTask, run_task
 
 INSTALL_HINT = "pip install 'replaytune[ray]'"
 # errors a lost node or a killed attempt can leave behind; anything else the run raises is its own

@@ -1,4 +1,4 @@
-"""The study's five plots, each a function of the loaded results (:class:`replaytune.results.Results`).
+"""The study's five plots, each a function of the loaded results (:class:`replaytune.study.results.Results`).
 
 Every plot raises :class:`Skip` with the reason when its data is missing; the report
 notes it instead of failing. Colours are fixed across plots: blue with replay, red without.
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from replaytune.results import Skip
+from replaytune.study.results import Skip
 
 if TYPE_CHECKING:
-    from replaytune.results import Results
+    from replaytune.study.results import Results
 
 
 def _f(v: Any, spec: str = ".4f") -> str:

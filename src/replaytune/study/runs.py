@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from replaytune import efficiency as eff
+from replaytune.study import efficiency as eff
 from replaytune import rundir
 from replaytune.fsio import write_text
 from replaytune.trackers import ReportTo
@@ -377,7 +377,7 @@ def replay_search(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]
 def analyse(rows: list[dict[str, Any]], family: str = "uniform", *, resamples: int = eff.RESAMPLES,
             level: float = eff.LEVEL) -> dict[str, Any]:
     """The paper's multipliers, each read off its reference curve of ``family``
-    (:func:`replaytune.efficiency.compare`), with bootstrap intervals over the seeds of the
+    (:func:`replaytune.study.efficiency.compare`), with bootstrap intervals over the seeds of the
     reference points and of the compared runs, plus seed-to-seed noise per setting (pooled)."""
     groups = eff.group_runs(rows)
     noise: dict[str, dict[str, float]] = {}
@@ -485,8 +485,8 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
     """Several studies planned as one sweep, so that identical prefixes are computed once even
     across studies (two target domains share their generic pre-training), then one
     results.json per study in its own directory. ``launcher``, ``workers`` and ``executor``
-    choose where the runs execute (:func:`replaytune.sweep.execute`)."""
-    from replaytune import sweep
+    choose where the runs execute (:func:`replaytune.study.sweep.execute`)."""
+    from replaytune.study import sweep
 
     labelled_all: list[tuple[int, dict[str, Any], RunConfig]] = []
     for i, (study, out_dir) in enumerate(studies):

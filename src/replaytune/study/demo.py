@@ -6,7 +6,7 @@ What it does, all offline:
    standard-library source (a target far from man-page prose in form) and Basque UI strings
    from the translation catalogs (a target in another language), or the files you give;
 2. trains one byte-level BPE tokenizer on a sample of all of them and prepares token stores;
-3. runs the study (:mod:`replaytune.study`) on the first target: fine-tuning with and without
+3. runs the study (:mod:`replaytune.study.runs`) on the first target: fine-tuning with and without
    replay at fixed total steps with a small LR grid and several fine-tuning seeds,
    mid-training over rho x alpha, and uniform reference runs for the efficiency fit; the
    second target gets the fine-tuning comparison (its pre-training is shared with the first:
@@ -131,7 +131,7 @@ def demo_study(data: DemoData, target: str, *, full: bool, quick: bool = False) 
     falls, so the multiplier reads "replay is worth k times more target data under the same
     recipe" (README, "Data efficiency").
     """
-    from replaytune.study import StudyConfig
+    from replaytune.study.runs import StudyConfig
 
     seeds = [0] if quick else DEMO_SEEDS
     spec: dict[str, Any] = {
@@ -182,7 +182,8 @@ SWITCH_EVALS = [-32, -16, -4, 4, 8, 16, 32, 64]
 
 def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] | None = None, quick: bool = False,
              workers: int = 2) -> dict[str, Any]:
-    from replaytune import report, study
+    from replaytune.study import report
+    from replaytune.study import runs as study
 
     out = Path(out)
     t0 = time.time()
@@ -207,7 +208,7 @@ def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] 
 
 def headline(results: dict[str, Any]) -> list[str]:
     """A few printable lines: target and generic loss per setting, with seed noise and multipliers."""
-    from replaytune import efficiency as eff
+    from replaytune.study import efficiency as eff
 
     lines = []
     groups = eff.group_runs(r for r in results["runs"] if not r.get("reference"))  # the method runs, not references

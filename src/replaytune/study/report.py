@@ -7,7 +7,7 @@ Outputs: ``DIR/plots/*.png`` (matplotlib's Agg canvas, no pyplot state, dpi 120)
 
 Everything is recomputed from the records: the reference fit from the ``reference`` runs
 (else from ``efficiency.reference`` points, else the saved ``efficiency.fit``), the paper's
-three comparisons (:func:`replaytune.efficiency.compare_best`) and their
+three comparisons (:func:`replaytune.study.efficiency.compare_best`) and their
 bootstrap intervals (1000 resamples, seed 0 by default), and seed-to-seed noise (from
 ``results.noise`` where given, else pooled from configurations run with several seeds).
 A plot whose data is missing is skipped with a note in report.md; nothing here crashes on
@@ -21,10 +21,10 @@ import json
 import math
 from pathlib import Path
 
-from replaytune import efficiency as eff
+from replaytune.study import efficiency as eff
 from replaytune.fsio import write_bytes
-from replaytune.plots import DPI, LABELS, PLOTS, SETTING_ORDER, _desc, _f, _mult_text
-from replaytune.results import Results, Skip
+from replaytune.study.plots import DPI, LABELS, PLOTS, SETTING_ORDER, _desc, _f, _mult_text
+from replaytune.study.results import Results, Skip
 
 
 # -- plots ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 :class:`Results` reads ``DIR/results.json`` and derives what the report and the plots need
 (seed groups, the reference fit, the paper's three comparisons, seed-to-seed noise, each
 run's metrics and switch step) from saved records only, never from live objects, so both
-can be rebuilt from disk. ``replaytune.plots`` draws from it; ``replaytune.report`` writes
+can be rebuilt from disk. ``replaytune.study.plots`` draws from it; ``replaytune.study.report`` writes
 the plots and report.md.
 """
 
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from replaytune import efficiency as eff
+from replaytune.study import efficiency as eff
 from replaytune import rundir
 from replaytune.errors import DataError
 
