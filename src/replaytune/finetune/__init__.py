@@ -20,9 +20,17 @@ The modules, each importing only the ones before it:
 * :mod:`~replaytune.finetune.config`: the settings (:class:`FinetuneConfig`,
   :func:`load_config`) and the sources they name (kind detection is the data layer's,
   :func:`replaytune.data.sources.detect_kind`);
-* :mod:`~replaytune.finetune.plan`: replay weights and steps (:func:`plan_replay`), built by
-  :func:`replaytune.schedule.finetune` from what the stores measure;
-* :mod:`~replaytune.finetune.run`: checks, tokenizing, training, outputs (:func:`run_finetune`).
+* :mod:`~replaytune.finetune.checks`: the model and tokenizer, checked before anything is written;
+* :mod:`~replaytune.finetune.plan`: the sources checked in the user's words and the phase spec
+  (:func:`~replaytune.finetune.plan.check_sides`); the plan's view (:func:`plan_replay`), which
+  the core's ``train/plan.RunPlan`` resolves through :func:`replaytune.schedule.finetune`;
+* :mod:`~replaytune.finetune.phase`: the fine-tune as one phase of the loop (its run config, its Trainer);
+* :mod:`~replaytune.finetune.search`: ``--replay-fraction auto`` (candidates, the driver, its outputs);
+* :mod:`~replaytune.finetune.outputs`: model or adapter, tokenizer, model card;
+* :mod:`~replaytune.finetune.forgetting` and :mod:`~replaytune.finetune.evaluate`: held-out loss
+  before and after, per source, and lm-eval tasks;
+* :mod:`~replaytune.finetune.run`: the sequence of it all (:func:`run_finetune`);
+* :mod:`~replaytune.finetune.hf`: the same mixture as a torch dataset for HF Trainer / TRL.
 
 The replay fraction counts loss-bearing tokens
 -------------------------------------------
@@ -82,16 +90,9 @@ from replaytune.finetune.config import (
     split_weight,
 )
 from replaytune.finetune.plan import ReplayPlan, plan_for, plan_replay, realised_units, sequence_units
-from replaytune.finetune.run import (
-    FinetuneResult,
-    FinetuneTrainer,
-    build_run_config,
-    check_model,
-    check_store_tokenizer,
-    load_tokenizer,
-    prepare_sources,
-    run_finetune,
-)
+from replaytune.finetune.checks import check_model, check_store_tokenizer, load_tokenizer
+from replaytune.finetune.phase import FinetuneTrainer, build_run_config
+from replaytune.finetune.run import FinetuneResult, prepare_sources, run_finetune
 from replaytune.schedule import GENERIC, TARGET
 
 __all__ = [

@@ -19,11 +19,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from replaytune import rundir
 from replaytune.finetune.config import FinetuneConfig
+from replaytune.finetune.phase import FinetuneTrainer, build_run_config
 from replaytune.finetune.plan import ReplayPlan, plan_for
 from replaytune.fsio import write_bytes, write_text
+from replaytune.schedule import GENERIC, TARGET
 from replaytune.search import Candidate, SearchResult
 
 SEARCH_DIR = "search"
@@ -108,3 +111,34 @@ def _plot(d: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+def run_search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say: Callable[[str], None]):
+    """Run the replay-fraction search (replaytune.search) with each candidate in OUT/search/<key>."""
+    from replaytune.finetune.forgetting import side_loss
+    from replaytune.search import Outcome, rung_step, successive_halving
+    from replaytune.train.metrics import read_metrics
+
+    cands = candidates(cfg, stores, epochs)
+    by_key = {c.key: (c_cfg, plan) for c, c_cfg, plan in cands}
+
+    def run_to(c, step: int) -> Outcome:
+        c_cfg, plan = by_key[c.key]
+        where = run_dir(out, c)
+        run_cfg = build_run_config(c_cfg, plan, paths, where, out / "tokenizer")
+        trainer = FinetuneTrainer(run_cfg, resume=rundir.is_started(where), stop_at=step,
+                                  activation_checkpointing=cfg.activation_checkpointing)
+        ev = trainer.run()["final"]["eval"]
+        return Outcome(side_loss(ev, plan.side_parts(TARGET)), side_loss(ev, plan.side_parts(GENERIC)))
+
+    from replaytune.search import FRACTIONS as fractions
+
+    base_generic = None
+    if cfg.max_forgetting is not None:  # the base model's generic loss: the first candidate's step-0 evaluation
+        first = cands[0][0]
+        run_to(first, rung_step(first, fractions[0]))
+        step0 = next(m["eval"] for m in read_metrics(run_dir(out, first)) if m["kind"] == "eval" and m["step"] == 0)
+        base_generic = side_loss(step0, cands[0][2].side_parts(GENERIC))
+    say("replay fraction search: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
+    return successive_halving([c for c, _, _ in cands], run_to, fractions=fractions, margin=cfg.search_margin,
+                              base_generic=base_generic, max_forgetting=cfg.max_forgetting, log=say)

@@ -1,0 +1,86 @@
+"""Checks of the model and tokenizer a fine-tune names, made before anything is written or tokenized."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from replaytune.data.store import TokenStore
+from replaytune.errors import DataError
+from replaytune.finetune.config import FinetuneConfig, label
+
+
+def check_model(cfg: FinetuneConfig) -> None:
+    """A model path that cannot be a model fails here, before any data is tokenized."""
+    from replaytune.model import _looks_like_path, check_4bit
+
+    if cfg.load_in_4bit:
+        from replaytune.train.distributed import resolve_device
+
+        check_4bit(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))))
+    local = Path(cfg.model).expanduser()
+    if not local.exists():
+        if _looks_like_path(cfg.model):
+            raise DataError(f"model {cfg.model}: no such file or directory; give a saved model folder, a .gguf file or a hub id")
+        return  # a hub id: the loader says whether it can be reached
+    if cfg.gguf_file:
+        if not (local / cfg.gguf_file).is_file():
+            raise DataError(f"model {cfg.model}: no GGUF file {cfg.gguf_file!r} in this folder")
+    elif local.is_file() or not (local / "config.json").is_file():
+        raise DataError(
+            f"model {cfg.model}: not a Hugging Face model folder (no config.json); "
+            f"for a GGUF model give the .gguf file, or the folder with --gguf-file NAME"
+        )
+
+
+def check_vocab_early(cfg: FinetuneConfig, tok) -> None:
+    """A tokenizer with more ids than the model's embedding fails here, before any data is tokenized.
+
+    Read from the model folder's config.json (no weights loaded); GGUF and hub models are
+    checked when the model is built (``model.check_vocab``).
+    """
+    path = Path(cfg.model).expanduser() / "config.json"
+    if cfg.gguf_file or not path.is_file():
+        return
+    try:
+        rows = int(json.loads(path.read_text()).get("vocab_size") or 0)
+    except (ValueError, OSError):
+        return  # the loader gives the precise error
+    if rows and len(tok) > rows:
+        raise DataError(
+            f"vocabulary mismatch: the tokenizer {getattr(tok, 'name_or_path', cfg.tokenizer)} has {len(tok)} ids but the "
+            f"model {cfg.model} has {rows} embedding rows; use the model's own tokenizer (drop --tokenizer)"
+        )
+
+
+def load_tokenizer(cfg: FinetuneConfig):
+    """The model's tokenizer (or ``cfg.tokenizer``); GGUF models carry theirs in the file."""
+    from replaytune.data.tokenizer import load_tokenizer as load
+
+    if cfg.tokenizer:
+        return load(cfg.tokenizer)
+    if cfg.gguf_file:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(cfg.model, gguf_file=cfg.gguf_file)
+        except Exception as exc:  # transformers raises several types for a bad GGUF
+            raise DataError(f"model {cfg.model}: cannot read the tokenizer of {cfg.gguf_file} ({type(exc).__name__}: {exc})") from None
+        tok.name_or_path = str(Path(cfg.model).expanduser().resolve() / cfg.gguf_file)
+        return tok
+    return load(cfg.model)
+
+
+def check_store_tokenizer(role: str, store: TokenStore, tok) -> None:
+    """A prepared store must use the model's tokenizer: other ids mean other words to the model."""
+    from replaytune.data.tokenizer import tokenizer_fingerprint
+
+    fp = tokenizer_fingerprint(tok)
+    if store.tokenizer_fingerprint != fp:
+        raise DataError(
+            f"{label(role)} source {store.path}: a token store built with tokenizer {store.tokenizer_path} (fingerprint "
+            f"{store.tokenizer_fingerprint}), but the model's tokenizer {getattr(tok, 'name_or_path', '')} has fingerprint "
+            f"{fp}; its token ids would mean other text to this model, so it cannot be mixed in. Give the raw "
+            f"source (text/jsonl/parquet) instead: it is tokenized with the model's tokenizer"
+        )
