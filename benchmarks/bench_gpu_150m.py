@@ -149,7 +149,7 @@ def minimal(cfg, args, flops, peak, device: str) -> dict:
 
     from replaytune.model import build_model
     from replaytune.train import RunPlan, open_stores
-    from replaytune.train.evaluation import make_inputs
+    from replaytune.data.window import windows
 
     stores = open_stores(cfg)
     plan = RunPlan(cfg, stores)
@@ -163,7 +163,8 @@ def minimal(cfg, args, flops, peak, device: str) -> dict:
     times = []
     for s in range(args.steps):
         batch, _ = plan.global_batch(s)
-        x, y = make_inputs(stores["generic"].train, batch.ids, args.seq_len)
+        w = windows(stores["generic"].train, batch.ids, args.seq_len)
+        x, y = w.inputs, w.targets
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         sync()
         t0 = time.perf_counter()

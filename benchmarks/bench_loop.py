@@ -102,7 +102,7 @@ def minimal_tokens_per_s(cfg, skip: int) -> float:
 
     from replaytune.model import build_model
     from replaytune.train import RunPlan, open_stores
-    from replaytune.train.evaluation import make_inputs
+    from replaytune.data.window import windows
 
     stores = open_stores(cfg)
     plan = RunPlan(cfg, stores)
@@ -116,7 +116,8 @@ def minimal_tokens_per_s(cfg, skip: int) -> float:
         for j, name in enumerate(plan.sources):
             sel = src == j
             if sel.any():
-                x[sel], y[sel] = make_inputs(stores[name].train, batch.ids[sel], cfg.data.seq_len)
+                w = windows(stores[name].train, batch.ids[sel], cfg.data.seq_len)
+                x[sel], y[sel] = w.inputs, w.targets
         batches.append((torch.from_numpy(x), torch.from_numpy(y)))
     model.train()
     stamps = []

@@ -179,3 +179,13 @@ def test_layers_point_down():
     allowed = {"core": {"core"}, "study": {"study", "core"}, "finetune": {"finetune", "core"}, "top": set(layer.values())}
     wrong = [f"{a} -> {b}" for a, deps in graph.items() for b in deps if layer[b] not in allowed[layer[a]]]
     assert not wrong, "imports against the layers: " + ", ".join(sorted(wrong))
+
+
+def test_only_the_window_module_reads_token_windows():
+    """(source, id) -> tokens happens in data/window.py alone (the store defines the split it reads)."""
+    readers = set()
+    for path in _src_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("sequences", "masks"):
+                readers.add(str(path.relative_to(SRC.parent)))
+    assert readers == {"replaytune/data/window.py"}, readers

@@ -386,6 +386,19 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def resolve_path(value: str, base: Path) -> str:
+    """The one rule for a relative path written in a config file: relative to the file's folder.
+
+    Absolute paths stay. A relative one names ``base / value`` when that exists; otherwise it is
+    kept as written: a hub id (``org/name``), or a path the command then reports as missing
+    (relative to the current folder, as on the command line).
+    """
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    return str(base / p) if (base / p).exists() else value
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     path = Path(path)
     data = read_yaml_mapping(path)
@@ -396,11 +409,8 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
 
 
 def resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
-    """Store paths in a config file are relative to the file, unless absolute."""
-    sources = {}
-    for name, src in cfg.data.sources.items():
-        p = Path(src.store)
-        sources[name] = src.model_copy(update={"store": str(p if p.is_absolute() or p.exists() else base / p)})
+    """Store paths in a config file follow :func:`resolve_path` (relative to the file)."""
+    sources = {name: src.model_copy(update={"store": resolve_path(src.store, base)}) for name, src in cfg.data.sources.items()}
     return cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": sources})})
 
 

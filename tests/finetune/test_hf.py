@@ -14,7 +14,8 @@ from replaytune.data.store import TokenStore
 from replaytune.errors import DataError
 from replaytune.finetune import build_run_config, load_config, plan_replay
 from replaytune.finetune.hf import IGNORE, ReplayDataset
-from replaytune.train.evaluation import document_positions, make_inputs, sequence_losses
+from replaytune.data.window import document_positions, windows
+from replaytune.train.evaluation import sequence_losses
 from replaytune.train.plan import RunPlan
 
 L, B = 32, 4
@@ -52,10 +53,11 @@ def test_items_are_the_loops_windows_with_labels_masked(stores):
         ids_np = item["input_ids"].numpy()
         assert np.array_equal(item["position_ids"].numpy(), document_positions(ids_np[None], ds.eos)[0])
         split = stores[name].train
-        # find the window: the loop's targets are input_ids[1:] masked like make_inputs does
+        # find the window: the loop's targets are input_ids[1:] masked as data/window.windows does
         matches = [i for i in range(split.num_sequences(L))
                    if np.array_equal(split.sequences(np.array([i]), L)[0], item["input_ids"].numpy())]
-        x, y = make_inputs(split, np.array(matches[:1]), L)
+        w = windows(split, np.array(matches[:1]), L)
+        x, y = w.inputs, w.targets
         y[x == ds.eos] = IGNORE  # the loop in block mode: no target across a document boundary
         assert np.array_equal(item["labels"][1:].numpy(), y[0])
         if name == "generic":  # text: every token a target but the one after an EOS

@@ -13,7 +13,7 @@ from replaytune.data.store import write_store
 from replaytune.errors import ConfigError, DataError
 from replaytune.finetune import plan_replay, realised_units, sequence_units
 from replaytune.schedule import Schedule, Stage
-from replaytune.train.evaluation import IGNORE, make_inputs
+from replaytune.data.window import IGNORE, windows
 
 L = 16
 
@@ -53,7 +53,7 @@ def test_sequence_units_count_targets_documents_and_sequences(tmp_path):
     assert list(sequence_units(store, 4, "examples")) == [1, 2]
     assert list(sequence_units(store, 4, "sequences")) == [1, 1]
     # and the token count is what the loop's loss actually counts
-    _, y = make_inputs(store.train, np.arange(2), 4)
+    y = windows(store.train, np.arange(2), 4).targets
     assert list((y != IGNORE).sum(axis=1)) == [2, 2]
 
 
@@ -117,7 +117,7 @@ def test_realised_units_equal_a_sum_over_the_actual_batches(tmp_path):
         for i, name in enumerate(b.sources):
             ids = b.ids[b.source_index == i]
             if len(ids):
-                _, y = make_inputs(stores[name].train, ids, L)
+                y = windows(stores[name].train, ids, L).targets
                 brute[name] += int((y != IGNORE).sum())
     assert realised_units(mixture, stores, L, "tokens") == {k: float(v) for k, v in brute.items()}
 

@@ -13,7 +13,7 @@ from replaytune import config
 from replaytune.data.store import TokenStore
 from replaytune.schedule import lr_factor
 from replaytune.train import RunPlan, open_stores, read_metrics, train
-from replaytune.train.evaluation import make_inputs
+from replaytune.data.window import windows
 
 TRAIN_KEYS = {"kind", "step", "phase", "phase_step", "lr", "loss", "train_loss", "tokens", "epochs", "tokens_per_s", "elapsed_s"}
 EVAL_KEYS = {"kind", "step", "phase", "phase_step", "eval", "epochs"}
@@ -138,7 +138,8 @@ def test_loss_is_mean_over_global_target_tokens(masked_stores, tmp_path):
     total, count = 0.0, 0
     for j, name in enumerate(plan.sources):
         sel = src == j
-        x, y = make_inputs(TokenStore(cfg.data.sources[name].store).train, batch.ids[sel], 16)
+        w = windows(TokenStore(cfg.data.sources[name].store).train, batch.ids[sel], 16)
+        x, y = w.inputs, w.targets
         with torch.no_grad():
             logits = model(input_ids=torch.from_numpy(x)).logits
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), torch.from_numpy(y).reshape(-1), ignore_index=-100, reduction="sum")

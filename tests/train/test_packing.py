@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .helpers import EOS, TINY, VOCAB, tiny_config
 from replaytune.config import ModelConfig
 from replaytune.model import build_model
-from replaytune.train.evaluation import IGNORE, document_positions
+from replaytune.data.window import IGNORE, document_positions
 from replaytune.train.plan import RunPlan, open_stores
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from replaytune.config import Frozen, LoraSpec, format_validation_error, read_yaml_mapping, validation_messages
+from replaytune.config import Frozen, LoraSpec, format_validation_error, read_yaml_mapping, resolve_path, validation_messages
 from replaytune.data import sources as data_sources
 from replaytune.data.store import TokenStore, is_store
 from replaytune.errors import ConfigError, DataError
@@ -316,9 +316,7 @@ def _relative_to(data: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(data)
 
     def fix(value: Any) -> Any:
-        if isinstance(value, str) and not Path(value).is_absolute() and (base / value).exists():
-            return str(base / value)
-        return value
+        return resolve_path(value, base) if isinstance(value, str) else value
 
     for key in ("model", "tokenizer", "chat_template"):
         out[key] = fix(out.get(key)) if key in out else None

@@ -48,12 +48,13 @@ LM_EVAL_MISSING = (
 
 def held_out(store, seq_len: int, sequences: int) -> dict[str, int]:
     """Size of the fixed evaluation set of one store: sequences and loss-bearing tokens."""
-    from replaytune.train.evaluation import IGNORE, eval_ids, make_inputs
+    from replaytune.data.window import IGNORE, windows
+    from replaytune.train.evaluation import eval_ids
 
     ids = eval_ids(store.val, seq_len, sequences)
     if len(ids) == 0:
         return {"sequences": 0, "loss_tokens": 0}
-    _, targets = make_inputs(store.val, ids, seq_len)
+    targets = windows(store.val, ids, seq_len).targets
     return {"sequences": int(len(ids)), "loss_tokens": int((targets != IGNORE).sum())}
 
 

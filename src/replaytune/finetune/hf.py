@@ -35,17 +35,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from replaytune.data.mixture import Mixture
+from replaytune.data.window import IGNORE, block_attention, hf_example  # noqa: F401  (IGNORE: the labels' ignore id)
 from replaytune.data.store import TokenStore
 from replaytune.errors import ConfigError, DataError
 from replaytune.finetune.plan import plan_replay
 from replaytune.schedule import GENERIC, TARGET
 
-IGNORE = -100
 
 
 def _open(store: TokenStore | str | Path) -> TokenStore:
@@ -95,10 +94,7 @@ class ReplayDataset(IterableDataset):
             raise ConfigError(f"rank {rank} of world {world}: batch size {mixture.batch_size} must divide by the world size")
         self.mixture, self.stores, self.seq_len = mixture, dict(stores), int(seq_len)
         self.rank, self.world, self.with_source = rank, world, with_source
-        if document_attention not in ("auto", "block", "full"):
-            raise ConfigError(f"document_attention {document_attention!r}: choose auto, block or full")
-        masked = any(self.stores[s].has_loss_mask for s in mixture.sources)
-        self.block = document_attention == "block" or (document_attention == "auto" and masked)
+        self.block = block_attention(document_attention, [self.stores[s] for s in mixture.sources])
         self.eos = next(iter(self.stores.values())).eos_id
         self.start_step, self.start_offset, self.progress = 0, 0, 0
         self.skip_to(start_step)
@@ -177,22 +173,10 @@ class ReplayDataset(IterableDataset):
     # -- items --------------------------------------------------------------------------------
     def item(self, source: str, seq_id: int) -> dict[str, torch.Tensor]:
         """One training window of a source as input_ids / labels / attention_mask."""
-        split = self.stores[source].train
-        ids = np.array([seq_id])
-        window = split.sequences(ids, self.seq_len)[0]
-        labels = window.copy()
-        mask = split.masks(ids, self.seq_len)
-        if mask is not None:
-            labels[~mask[0]] = IGNORE  # mask[k]: token k is a loss target
-        labels[0] = IGNORE  # no position predicts the first token
-        item = {"input_ids": torch.from_numpy(window), "labels": torch.from_numpy(labels)}
-        if self.block:
-            from replaytune.train.evaluation import document_positions
-
-            labels[1:][window[:-1] == self.eos] = IGNORE  # no prediction across a document boundary
-            item["position_ids"] = torch.from_numpy(document_positions(window[None], self.eos)[0])
-        else:
-            item["attention_mask"] = torch.ones(len(window), dtype=torch.long)
+        ex = hf_example(self.stores[source].train, seq_id, self.seq_len, eos=self.eos if self.block else None)
+        item = {key: torch.from_numpy(value) for key, value in ex.items()}
+        if not self.block:
+            item["attention_mask"] = torch.ones(len(ex["input_ids"]), dtype=torch.long)
         if self.with_source:
             item["source"] = source
         return item

@@ -441,9 +441,8 @@ PRESETS = {"paper": PAPER}
 
 def load_study(path: str | Path | None, overrides: list[str] | None = None, preset: str | None = None) -> StudyConfig:
     """A study config from a preset and/or a YAML file, then ``--set`` overrides."""
-    import yaml
 
-    from replaytune.config import apply_overrides, format_validation_error
+    from replaytune.config import apply_overrides, format_validation_error, read_yaml_mapping, resolve_path
     from replaytune.errors import ConfigError
 
     data: dict[str, Any] = {}
@@ -454,15 +453,12 @@ def load_study(path: str | Path | None, overrides: list[str] | None = None, pres
     base = Path(".")
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"study config not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        data.update(loaded)
+        data.update(read_yaml_mapping(path))
         base = path.parent
     data = apply_overrides(data, overrides or [])
     for key in ("target_store", "generic_store"):
-        if key in data and not Path(data[key]).is_absolute() and not Path(data[key]).exists():
-            data[key] = str(base / data[key])
+        if isinstance(data.get(key), str):
+            data[key] = resolve_path(data[key], base)
     try:
         return StudyConfig.model_validate(data)
     except Exception as exc:  # pydantic.ValidationError

@@ -22,9 +22,9 @@ from typing import Mapping
 import numpy as np
 
 from replaytune.data.store import TokenSplit, TokenStore
+from replaytune.data.window import IGNORE, windows
 from replaytune.train.distributed import Dist, autocast
 
-IGNORE = -100  # target id that cross_entropy skips (masked-out tokens)
 EVAL_BUDGET = 0.05
 MAX_AUTO_EVALS = 50
 
@@ -46,50 +46,6 @@ def auto_interval(total_steps: int, batch_size: int, eval_sequences: int) -> int
         return 0
     n = min(MAX_AUTO_EVALS, math.floor(EVAL_BUDGET * 3 * total_steps * batch_size / eval_sequences))
     return math.ceil(total_steps / n) if n >= 1 else 0
-
-
-def make_inputs(split: TokenSplit, ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs [n, L] and targets [n, L] (next tokens; IGNORE where the loss mask is 0)."""
-    seqs = split.sequences(ids, seq_len)
-    targets = seqs[:, 1:].copy()
-    masks = split.masks(ids, seq_len)
-    if masks is not None:
-        targets[~masks[:, 1:]] = IGNORE
-    return seqs[:, :-1], targets
-
-
-def document_positions(x: np.ndarray, eos: int) -> np.ndarray:
-    """Position ids that restart at 0 after every EOS in each row of inputs ``x`` [n, L].
-
-    Given as ``position_ids`` with no attention mask, transformers' causal LMs read the restarts
-    as packed documents and attend within each one only (SDPA/eager: a block-diagonal causal
-    mask; flash-attention: variable-length segments), so every document is computed as if alone.
-    A window that starts inside a document starts that document at position 0.
-    """
-    n, length = x.shape
-    t = np.arange(length)
-    start = np.zeros((n, length), dtype=bool)
-    start[:, 0] = True
-    start[:, 1:] = x[:, :-1] == eos
-    last_start = np.maximum.accumulate(np.where(start, t, 0), axis=1)
-    return (t - last_start).astype(np.int64)
-
-
-def block_inputs(split: TokenSplit, ids: np.ndarray, seq_len: int, eos: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """:func:`make_inputs` plus position ids for block-diagonal document attention (``eos`` given).
-
-    In block mode the target of an EOS input (the next document's first token) is not scored:
-    a document run alone has no prediction for its first token either.
-    """
-    x, y = make_inputs(split, ids, seq_len)
-    return x, y, (None if eos is None else separate_documents(x, y, eos))
-
-
-def separate_documents(x: np.ndarray, y: np.ndarray, eos: int) -> np.ndarray:
-    """Block document attention for inputs ``x`` and targets ``y`` (changed in place): no target
-    after an EOS input; returns the position ids (:func:`document_positions`)."""
-    y[x == eos] = IGNORE
-    return document_positions(x, eos)
 
 
 def sequence_losses(logits, targets):
@@ -115,7 +71,7 @@ def evaluate(
 ) -> dict[str, float | None]:
     """Mean held-out loss per source. Ranks split the sequences and sum their results.
 
-    ``eos``: block-diagonal document attention (:func:`block_inputs`), as in training.
+    ``eos``: block-diagonal document attention (``data/window.py``), as in training.
 
     Under FSDP every rank must run the same number of forward passes (each one gathers
     parameters), so a rank whose share ran out runs the first sequence again at weight 0.
@@ -141,7 +97,8 @@ def evaluate(
                     if not sharded:
                         continue
                     mine, weight = src_ids[:1], 0.0
-                x, y, pos = block_inputs(split, mine, seq_len, eos)
+                w = windows(split, mine, seq_len, eos=eos)
+                x, y, pos = w.inputs, w.targets, w.positions
                 xt = torch.from_numpy(x).to(dist.device)
                 yt = torch.from_numpy(y).to(dist.device)
                 extra = {} if pos is None else {"position_ids": torch.from_numpy(pos).to(dist.device)}

@@ -44,15 +44,8 @@ from replaytune.errors import ReplaytuneError
 from replaytune.model import build_model, is_peft, load_tokenizer, save_model
 from replaytune.train import checkpoint as ck
 from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
-from replaytune.train.evaluation import (
-    IGNORE,
-    auto_interval,
-    eval_set,
-    evaluate,
-    make_inputs,
-    separate_documents,
-    sequence_losses,
-)
+from replaytune.data.window import IGNORE, windows
+from replaytune.train.evaluation import auto_interval, eval_set, evaluate, sequence_losses
 from replaytune import rundir
 from replaytune.rundir import CONFIG, METRICS, RECORD, RunLock, RunLocked
 from replaytune.fsio import write_json, write_text
@@ -323,13 +316,18 @@ class Trainer:
     def _load(self, src: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Inputs, targets and (block document attention) position ids of this rank's sequences."""
         L = self.cfg.data.seq_len
+        eos = self.plan.eos_id if self.plan.block else None
         x = np.empty((len(ids), L), dtype=np.int64)
         y = np.empty((len(ids), L), dtype=np.int64)
+        pos = np.empty((len(ids), L), dtype=np.int64) if eos is not None else None
         for j in np.unique(src):
             sel = src == j
             name = self.plan.sources[j]
-            x[sel], y[sel] = make_inputs(self.stores[name].train, ids[sel] + self.plan.first[name], L)
-        return x, y, (separate_documents(x, y, self.plan.eos_id) if self.plan.block else None)
+            w = windows(self.stores[name].train, ids[sel] + self.plan.first[name], L, eos=eos)
+            x[sel], y[sel] = w.inputs, w.targets
+            if pos is not None:
+                pos[sel] = w.positions
+        return x, y, pos
 
     def _update(self, s: int):
         import torch

@@ -39,6 +39,7 @@ from replaytune import schedule as sched
 from replaytune.config import DataConfig, LRConfig, PhaseConfig, RunConfig, side_names
 from replaytune.data.mixture import Batch, Mixture
 from replaytune.data.store import TokenStore
+from replaytune.data.window import block_attention
 from replaytune.errors import ConfigError, DataError
 from replaytune.schedule import Schedule, ScheduleError, lr_factor
 
@@ -178,9 +179,8 @@ class RunPlan:
         self.batch_size = data.batch_size
         self.vocab_size = max(s.vocab_size for s in self.stores.values())
         self.eos_id = next(iter(self.stores.values())).eos_id
-        mode = data.document_attention
         # block-diagonal attention within each packed document (chat/instruction data by default)
-        self.block = mode == "block" or (mode == "auto" and any(s.has_loss_mask for s in self.stores.values()))
+        self.block = block_attention(data.document_attention, self.stores.values())
         sizes = {}
         # mixture id i of a source is its training sequence first + i
         self.first = {name: data.sources[name].first for name in self.stores}

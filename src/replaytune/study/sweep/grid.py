@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 
 from replaytune import config as cfgmod
 from replaytune.config import RunConfig
@@ -45,17 +44,15 @@ def run_key(cfg: RunConfig) -> str:
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[list[RunConfig], Path]:
     """Read a sweep file: ``{base: {...} or path, grid: {key: [values]}, out_dir: DIR}``."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict) or "base" not in spec:
+    spec = cfgmod.read_yaml_mapping(path)
+    if "base" not in spec:
         raise ConfigError(f"{path}: a sweep needs 'base' (a run config or its path) and 'grid'")
     base = spec["base"]
     if isinstance(base, str):
-        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        base_path = Path(cfgmod.resolve_path(base, path.parent))
         if not base_path.is_file():
-            raise ConfigError(f"{path}: base: {base_path} not found (a run config file, relative to the sweep file)")
-        base = yaml.safe_load(base_path.read_text())
+            raise ConfigError(f"{path}: base: {base} not found (a run config file, relative to the sweep file)")
+        base = cfgmod.read_yaml_mapping(base_path)
     base = cfgmod.apply_overrides(base, overrides or [])
     out_dir = Path(spec.get("out_dir", f"runs/{path.stem}"))
     configs = []
