@@ -16,6 +16,7 @@ from typing import Any
 from replaytune.study import efficiency as eff
 from replaytune import rundir
 from replaytune.errors import DataError
+from replaytune.train.metrics import read_metrics
 
 
 class Skip(Exception):
@@ -132,17 +133,10 @@ class Results:
         if key not in self._metrics:
             if not path.is_file():
                 raise Skip(f"{path.relative_to(self.dir)} not found")
-            rows = []
-            for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise Skip(f"{path.relative_to(self.dir)}:{i}: not valid JSON ({exc.msg})") from None
-                    if not isinstance(row, dict):
-                        raise Skip(f"{path.relative_to(self.dir)}:{i}: expected a JSON object")
-                    rows.append(row)
-            self._metrics[key] = rows
+            try:
+                self._metrics[key] = read_metrics(path)
+            except DataError as exc:
+                raise Skip(str(exc).replace(f"{self.dir}/", "")) from None
         return self._metrics[key]
 
     def switch_step(self, group: dict[str, Any]) -> int | None:

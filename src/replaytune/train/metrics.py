@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from replaytune import trackers
+from replaytune.errors import DataError
 from replaytune.rundir import METRICS
 
 TIMING_KEYS = ("tokens_per_s", "elapsed_s")
@@ -39,15 +40,27 @@ def clean(value: float | None) -> float | None:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All complete lines of a metrics.jsonl (a torn last line is skipped)."""
+    """Every complete line of a metrics.jsonl (of a run directory, or the file itself), the one reader.
+
+    A last line without its newline is a write cut short by a kill: skipped (a resume truncates
+    the file back to its checkpoint anyway). Blank lines are skipped. A complete line that is not
+    a JSON object is damage: DataError naming the file and line.
+    """
     out = []
     p = Path(path)
     if p.is_dir():
         p = p / METRICS
-    with open(p) as f:
-        for line in f:
-            if line.endswith("\n"):
-                out.append(json.loads(line))
+    with open(p, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{p}:{i}: expected a JSON object")
+            out.append(row)
     return out
 
 
