@@ -31,8 +31,21 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``replaytune CMD: error: ...``), not the usage first.
+
+    Subcommand parsers are of the same class (argparse makes them with the parent's type),
+    so a bad flag value anywhere reads: ``replaytune finetune: error: argument
+    --replay-fraction: 'abc': ... (replaytune finetune --help lists the flags)``.
+    """
+
+    def error(self, message: str):
+        message = " ".join(message.split())  # argparse's own messages can span lines
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="replaytune",
         description="Train and fine-tune language models with replay of generic pre-training data.",
     )

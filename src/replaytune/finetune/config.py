@@ -49,8 +49,27 @@ def split_weight(text: str) -> tuple[str, float | None]:
     """
     m = _WEIGHT.match(text)
     if m is None or Path(text).expanduser().exists():
+        _check_not_a_bad_weight(text)
         return text, None
     return m["path"], float(m["weight"])
+
+
+_DATA_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".parquet", ".arrow", ".gz", ".zst")
+
+
+def _check_not_a_bad_weight(text: str) -> None:
+    """``web.jsonl:abc``: what precedes the last ``:`` is a data file, so what follows was meant as its weight.
+
+    Raises ValueError naming the weight (rather than letting ``web.jsonl:abc`` be looked for as
+    a file, and reported missing). A hub id's ``org/name:rev`` is left alone.
+    """
+    head, sep, tail = text.rpartition(":")
+    if not sep or not head or Path(text).expanduser().exists():
+        return
+    local = Path(head).expanduser()
+    if local.exists() or head.lower().endswith(_DATA_SUFFIXES):
+        raise ValueError(f"{text!r}: the weight after ':' must be a number > 0, got {tail!r} (PATH:WEIGHT, "
+                         f"e.g. {head}:0.7)")
 
 
 def _source_entry(value: Any) -> Any:
