@@ -463,6 +463,10 @@ def resolve_sources(cfg: FinetuneConfig) -> dict[str, Source]:
             continue
         try:
             reader = data_sources.SourceReader(arg.spec(name))
+            if reader.mode == "hf" and not Path(arg.path).expanduser().exists():
+                from replaytune.hub import require_hub
+
+                require_hub("dataset", arg.path)  # before anything is written, not when it is first read
             out[name] = Source(role, arg, detect_kind(arg, reader), name=name)
         except DataError as exc:
             raise DataError(f"{label(name)} source: {exc}") from None

@@ -44,6 +44,23 @@ from replaytune.train.metrics import atomic_write_json
 # ------------------------------------------------------------------------------------------
 
 
+def check_extras(cfg: FinetuneConfig) -> None:
+    """The optional packages the settings need (trackers, lm-evaluation-harness) are installed.
+
+    First of the checks: a missing extra refuses the start at once, not after tokenizing, and
+    not (``eval_tasks``) after a whole fine-tune that then skips the evaluation asked for.
+    """
+    from replaytune import trackers
+
+    trackers.require(cfg.report_to)
+    if cfg.eval_tasks:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"--eval-tasks {','.join(cfg.eval_tasks)} needs lm-evaluation-harness, which is not "
+                              f"installed: pip install 'replaytune[eval]', or drop --eval-tasks") from None
+
+
 def check_model(cfg: FinetuneConfig) -> None:
     """A model path that cannot be a model fails here, before any data is tokenized."""
     from replaytune.model import _looks_like_path, check_4bit
@@ -56,7 +73,10 @@ def check_model(cfg: FinetuneConfig) -> None:
     if not local.exists():
         if _looks_like_path(cfg.model):
             raise DataError(f"model {cfg.model}: no such file or directory; give a saved model folder, a .gguf file or a hub id")
-        return  # a hub id: the loader says whether it can be reached
+        from replaytune.hub import require_hub
+
+        require_hub("model", cfg.model)  # a hub id: one quick probe, not a minute of retries
+        return
     if cfg.gguf_file:
         if not (local / cfg.gguf_file).is_file():
             raise DataError(f"model {cfg.model}: no GGUF file {cfg.gguf_file!r} in this folder")
@@ -266,6 +286,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         raise ReplaytuneError(f"{out}: exists and is not a replaytune finetune output; choose another --output")
 
     # Cheap checks first: nothing is written until they pass.
+    check_extras(cfg)
     check_model(cfg)
     tok = load_tokenizer(cfg)
     check_vocab_early(cfg, tok)
