@@ -133,3 +133,20 @@ def test_after_a_refused_start_the_same_command_without_the_flag_runs(row, paths
     assert main(argv[:i] + argv[i + 2:]) == 0
     done = tmp_path / "out" / ("record.json" if argv[0] == "train" else "finetune.json")
     assert done.is_file()
+
+
+def test_a_read_only_output_is_named_as_the_user_gave_it(ft_inputs, tmp_path, capsys, monkeypatch):
+    """The file system refuses the writer's temporary folder: the line names the output, not the temporary."""
+    import errno
+    import tempfile
+
+    def read_only(suffix=None, prefix=None, dir=None):
+        raise OSError(errno.EROFS, "Read-only file system", f"{dir}/{prefix}k2j4h5")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    out = tmp_path / "ro" / "store"
+    line = refused(["prepare", str(ft_inputs.target), "--tokenizer", str(ft_inputs.model), "--out", str(out),
+                    "--no-progress"], (),
+                   capsys, monkeypatch)
+    assert line == (f"replaytune prepare: error: {out}: Read-only file system (choose an output on a writable "
+                    f"file system)")
