@@ -61,6 +61,24 @@ def check_extras(cfg: FinetuneConfig) -> None:
                               f"installed: pip install 'replaytune[eval]', or drop --eval-tasks") from None
 
 
+def one_candidate(cfg: FinetuneConfig, say: Callable[[str], None]) -> FinetuneConfig:
+    """``auto`` over a single rho (and at most one LR) has nothing to search: say so, and fine-tune with it.
+
+    Otherwise the search would train that one candidate through every rung of successive
+    halving, which only adds evaluations.
+    """
+    if not cfg.auto_replay:
+        return cfg
+    rhos, lrs = sorted(set(cfg.replay_candidates)), sorted(set(cfg.lr_candidates or []))
+    if len(rhos) > 1 or len(lrs) > 1:
+        return cfg
+    lr = lrs[0] if lrs else cfg.lr
+    unchecked = "; --max-forgetting is not applied (the forgetting report shows the rise)" if cfg.max_forgetting else ""
+    say(f"replay fraction auto: one candidate (rho {rhos[0]:g}" + ("" if not lrs else f", LR {lr:g}")
+        + f"), so nothing to search; fine-tuning with it{unchecked}")
+    return cfg.model_copy(update={"replay_fraction": float(rhos[0]), "lr": lr})
+
+
 def check_model(cfg: FinetuneConfig) -> None:
     """A model path that cannot be a model fails here, before any data is tokenized."""
     from replaytune.model import _looks_like_path, check_4bit
@@ -286,6 +304,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         raise ReplaytuneError(f"{out}: exists and is not a replaytune finetune output; choose another --output")
 
     # Cheap checks first: nothing is written until they pass.
+    cfg = one_candidate(cfg, say)
     check_extras(cfg)
     check_model(cfg)
     tok = load_tokenizer(cfg)
