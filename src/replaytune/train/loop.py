@@ -158,10 +158,10 @@ class Trainer:
         return value if kind == "done" else None
 
     def _run(self) -> dict[str, Any]:
-        trackers.require(self._report_to())  # a missing package refuses the start before the lock or any file
         done = self._check_run_dir()
         if done is not None:
             return done
+        trackers.require(self._report_to())  # a missing package refuses the start before any file is written
         self._build()
         source, branch = self._starting_point()
         self._restore(source)
