@@ -129,3 +129,60 @@ def tiny_model(tmp_path):
     LlamaForCausalLM(config).save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return path
+
+
+@pytest.fixture
+def hub_refusing(monkeypatch):
+    """replaytune's probe is told the hub is online at a closed 127.0.0.1 port; huggingface_hub itself stays
+    offline (HF_HUB_OFFLINE), so no request leaves this process: these tests check the wiring, the
+    subprocess test above the probe."""
+    import huggingface_hub.constants
+
+    from replaytune import hub
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setattr(hub, "offline", lambda datasets=False: False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hub, "_answers", {})
+    return endpoint
+
+
+def test_a_tokenizer_or_pretrained_model_id_is_probed_too(hub_refusing):
+    from replaytune.config import ModelConfig
+    from replaytune.data.tokenizer import load_tokenizer
+    from replaytune.errors import DataError
+    from replaytune.model import load_pretrained
+
+    with pytest.raises(DataError, match=rf"^tokenizer org/tok: not a local path, and the Hugging Face hub at "
+                                        rf"{hub_refusing} cannot be reached \(.*\); give a local path"):
+        load_tokenizer("org/tok")
+    with pytest.raises(DataError, match=r"^model.pretrained org/base: not a local path, and the Hugging Face hub at "):
+        load_pretrained(ModelConfig(pretrained="org/base"))
+
+
+def test_one_probe_per_endpoint_and_none_offline(hub_refusing, monkeypatch):
+    from replaytune import hub
+    from replaytune.errors import DataError
+
+    calls = []
+    real = hub.unreachable
+    monkeypatch.setattr(hub, "unreachable", lambda url, timeout=hub.PROBE_TIMEOUT_S: calls.append(url) or real(url, timeout))
+    for name in ("org/a", "org/b"):
+        with pytest.raises(DataError):
+            hub.require_hub("model", name)
+    assert calls == [hub_refusing]  # the answer is kept
+    monkeypatch.setattr(hub, "offline", lambda datasets=False: True)
+    hub.require_hub("model", "org/c")  # offline: the libraries read their cache, nothing is sent
+    assert calls == [hub_refusing]
+
+
+def test_datasets_offline_counts_for_datasets_only(monkeypatch):
+    import huggingface_hub.constants
+
+    from replaytune import hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert hub.offline(datasets=True) and not hub.offline()
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    assert not hub.offline(datasets=True)
