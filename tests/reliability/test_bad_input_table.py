@@ -38,7 +38,10 @@ TRAIN_ROWS = [
     Row("train-report-to-nonsense", ("train", "{config}", "--out", "{out}", "--report-to", "nonsense"),
         "replaytune train: error: argument --report-to: unknown tracker 'nonsense'; choose from none, tensorboard"),
     Row("train-bad-set", ("train", "{config}", "--out", "{out}", "--set", "data.batch_size=0"),
-        "replaytune train: error: ", ),
+        "run.yaml: field 'data.batch_size': Input should be greater than or equal to 1"),
+    Row("train-pretrained-missing", ("train", "{config}", "--out", "{out}", "--set", "model.preset=null", "--set",
+                                     "model.pretrained=./no/such/model"),
+        "replaytune train: error: model.pretrained: no such directory './no/such/model'"),
 ]
 FINETUNE_ROWS = [
     Row("finetune-report-to-wandb", (FT, "--report-to", "wandb"),
