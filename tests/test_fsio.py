@@ -27,3 +27,14 @@ def test_temp_dir_cleans_dead_leftovers_and_names_its_owner(tmp_path):
     tmp = fsio.temp_dir(dest)
     assert tmp.name.startswith(f".model.tmp-{os.getpid()}-")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", tmp.name])
+
+
+def test_public_path_shows_what_a_temporary_becomes():
+    from replaytune.fsio import public_path
+
+    assert public_path("ro/.store.tmp-18081-x1y2ab") == "ro/store"
+    assert public_path("/a/.store.tmp-18081-x1y2/train/tokens.bin") == "/a/store/train/tokens.bin"
+    assert public_path("/a/.store.old-18081") == "/a/store"
+    assert public_path("run/checkpoints/.tmp-step-00000004/rng-0.pt") == "run/checkpoints/step-00000004/rng-0.pt"
+    assert public_path("out/.record.json.ab12cd_4") == "out/record.json"  # write_bytes' temporary file
+    assert public_path("/x/.hidden/.config") == "/x/.hidden/.config"  # not a temporary: as it is

@@ -14,6 +14,7 @@ import sys
 
 from replaytune import __version__
 from replaytune.errors import ReplaytuneError
+from replaytune.fsio import public_path
 
 # Order shown in --help: the main job first, then building blocks.
 COMMANDS = (
@@ -31,8 +32,21 @@ COMMANDS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``replaytune CMD: error: ...``), not the usage first.
+
+    Subcommand parsers are of the same class (argparse makes them with the parent's type),
+    so a bad flag value anywhere reads: ``replaytune finetune: error: argument
+    --replay-fraction: 'abc': ... (replaytune finetune --help lists the flags)``.
+    """
+
+    def error(self, message: str):
+        message = " ".join(message.split())  # argparse's own messages can span lines
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="replaytune",
         description="Train and fine-tune language models with replay of generic pre-training data.",
     )
@@ -58,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replaytune {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system refused: a read-only or full disk, a file where a folder goes
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{public_path(exc.filename)}: " if exc.filename else ""  # not a writer's temporary name
         why = exc.strerror or str(exc)
         hint = {28: "free some space, or write elsewhere", 13: "choose an output you can write to",
                 30: "choose an output on a writable file system", 20: "a file stands where a folder is needed; "

@@ -92,6 +92,25 @@ def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+_TEMP_DIR = re.compile(r"^\.(?P<name>.+?)\.(?:tmp|old)-\d+(?:-[^/]*)?$")  # temp_dir / replace_dir
+_TEMP_STEP = re.compile(r"^\.(?:tmp|old)-(?P<name>step-\d{8})$")  # a checkpoint being written or deleted
+_TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")  # write_bytes' mkstemp name
+
+
+def public_path(path: str | os.PathLike) -> str:
+    """``path`` as the user knows it, for messages: each writer's temporary shown as the name it becomes.
+
+    ``out/.store.tmp-18081-x1y2/train`` -> ``out/store/train``; ``run/checkpoints/.tmp-step-00000004``
+    -> ``run/checkpoints/step-00000004``; a file's ``.record.json.ab12cd34`` -> ``record.json``.
+    """
+    parts = list(Path(path).parts)
+    for i, part in enumerate(parts):
+        m = _TEMP_DIR.match(part) or _TEMP_STEP.match(part) or (_TEMP_FILE.match(part) if i == len(parts) - 1 else None)
+        if m:
+            parts[i] = m["name"]
+    return str(Path(*parts)) if parts else str(path)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write a file through a temporary name in its directory (fsynced, then renamed).
 

@@ -194,6 +194,10 @@ def load_pretrained(spec: ModelConfig, *, dtype: str = "fp32", device: str | Non
     local = Path(name).expanduser()
     if not local.exists() and _looks_like_path(name):
         raise DataError(f"model.pretrained: no such directory {name!r}; give a saved model folder or a hub id")
+    if not local.exists():
+        from replaytune.hub import require_hub
+
+        require_hub("model.pretrained", name)
     source = str(local) if local.exists() else name
     kwargs: dict[str, Any] = {
         "dtype": torch.bfloat16 if dtype == "bf16" else torch.float32,

@@ -104,6 +104,11 @@ class RunLock:
     file names the holder (pid, host) for the message a second writer gets. Released on
     exit; the file is removed, and so is the directory if this lock created it and nothing
     else was written (a run refused before it started leaves nothing behind).
+
+    The holder unlinks the file while it still holds the flock, and an acquirer keeps the lock
+    only if the file it locked is still the one at the path (same device and inode); otherwise
+    it locked a file a releaser had just unlinked, and tries again. Without that check a
+    process waiting on the old inode and one creating a new file could both hold "the" lock.
     """
 
     def __init__(self, run_dir: str | Path):
@@ -117,20 +122,41 @@ class RunLock:
         import os
         import socket
 
-        self._created = not self.dir.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise RunLocked(f"{self.dir} is in use by {holder}; wait for it to finish (or stop it), "
-                            f"or choose another output directory") from None
+        self._created = False
+        while True:
+            self._created = self._created or not self.dir.exists()
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except (FileNotFoundError, FileExistsError):  # a releaser removed the (empty) directory meanwhile
+                if self.dir.exists() and not self.dir.is_dir():
+                    raise
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunLocked(f"{self.dir} is in use by {holder}; wait for it to finish (or stop it), "
+                                f"or choose another output directory") from None
+            if self._is_current(fd):
+                break
+            os.close(fd)  # locked a file its holder unlinked on release: lock the one at the path now
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
         return self
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether the open file ``fd`` is the file at ``self.path`` (not one unlinked since it was opened)."""
+        import os
+
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
 
     def release(self) -> None:
         import os
@@ -138,7 +164,7 @@ class RunLock:
         if self._fd is None:
             return
         try:
-            self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # while still locked: an acquirer of this inode sees it gone
         finally:
             os.close(self._fd)  # closing drops the flock
             self._fd = None

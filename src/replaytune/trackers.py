@@ -66,8 +66,22 @@ def _need(module: str, tracker: str):
         return importlib.import_module(module)
     except ImportError:
         raise ConfigError(
-            f"report_to: {tracker} needs the {tracker} package: pip install 'replaytune[{tracker}]'"
+            f"report_to {tracker} (--report-to {tracker}) needs the {tracker} package, which is not installed: "
+            f"pip install 'replaytune[{tracker}]', or drop {tracker} from --report-to"
         ) from None
+
+
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+
+
+def require(names: Sequence[str]) -> None:
+    """Every named tracker's package imports, or one ConfigError naming the extra that installs it.
+
+    Called before a run writes anything (the loop, ``finetune``, ``sweep``, ``study``), so a
+    missing package refuses the start instead of leaving a half-started run directory.
+    """
+    for n in enabled(names):
+        _need(PACKAGES[n], n)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -12,9 +12,8 @@ import yaml
 
 from .conftest import base_values
 from replaytune.cli import main
-from replaytune.errors import ReplaytuneError
+from replaytune.errors import ConfigError, ReplaytuneError
 from replaytune.finetune import load_config, run_finetune
-from replaytune.finetune.forgetting import LM_EVAL_MISSING
 from replaytune.train import read_metrics
 
 
@@ -189,13 +188,12 @@ def test_unchanged_sources_are_not_prepared_again(finetune_cfg, tmp_path):
     assert sum("up to date" in ln for ln in lines) == 2 and not any("wrote" in ln for ln in lines)
 
 
-def test_downstream_tasks_are_skipped_without_lm_eval(finetune_cfg, monkeypatch, capsys):
+def test_downstream_tasks_without_lm_eval_refuse_the_start(finetune_cfg, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval -> ImportError, installed or not
-    res = run_finetune(finetune_cfg(eval_tasks=["xcopa_eu"], epochs=0.5))
-    assert res.report["downstream"] == {"tasks": ["xcopa_eu"], "skipped": LM_EVAL_MISSING}
-    printed = capsys.readouterr().out
-    assert "Downstream tasks (xcopa_eu) skipped: lm-evaluation-harness is not installed" in printed
-    assert "skipped" in (res.output / "forgetting.md").read_text()
+    with pytest.raises(ConfigError, match=r"^--eval-tasks xcopa_eu needs lm-evaluation-harness, which is not installed: "
+                                          r"pip install 'replaytune\[eval\]', or drop --eval-tasks$"):
+        run_finetune(finetune_cfg(eval_tasks=["xcopa_eu"], epochs=0.5), log=lambda s: None)
+    assert not (tmp_path / "out").exists()  # refused before anything was tokenized or written
 
 
 def test_activation_checkpointing_recomputes_and_changes_nothing(finetune_cfg, tmp_path, monkeypatch):

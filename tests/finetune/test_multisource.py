@@ -53,7 +53,8 @@ def test_weight_is_a_trailing_number_only(tmp_path):
     assert split_weight(r"C:\data\web.jsonl:0.3") == (r"C:\data\web.jsonl", 0.3)
     assert split_weight("org/dataset:main") == ("org/dataset:main", None)  # a hub id with a revision
     assert split_weight("org/dataset:main:0.25") == ("org/dataset:main", 0.25)
-    assert split_weight("web.jsonl:nan") == ("web.jsonl:nan", None)  # not a plain number: part of the path
+    with pytest.raises(ValueError, match="the weight after ':' must be a number > 0, got 'nan'"):
+        split_weight("web.jsonl:nan")  # a data file's name, then not a plain number: a bad weight, not a path
     assert split_weight("web.jsonl:-1") == ("web.jsonl", -1.0)  # read as a weight, refused by the flag (below)
     odd = tmp_path / "shard:3"  # a file that exists under the whole string is a path
     odd.write_text("x")

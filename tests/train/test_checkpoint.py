@@ -167,7 +167,8 @@ def test_failed_checkpoint_write_leaves_nothing(reference, tmp_path, monkeypatch
 
             monkeypatch.setattr(torch, "save", full)
 
-    with pytest.raises(CheckpointError, match="checkpoint of step 8 .*No space left on device.*earlier checkpoints are intact"):
+    with pytest.raises(CheckpointError, match=r"checkpoint of step 8 .*\(OSError: No space left on device\); nothing of it "
+                                              r"was kept; the checkpoint of step 4 is intact \(--resume continues from it\)$"):
         train(cfg, callbacks=[break_disk])
     assert [c.step for c in list_checkpoints(out)] == [4]
     assert sorted(os.listdir(out / "checkpoints")) == ["step-00000004"]
@@ -175,6 +176,22 @@ def test_failed_checkpoint_write_leaves_nothing(reference, tmp_path, monkeypatch
     record = train(cfg, resume=True)  # the intact checkpoint continues the run exactly
     assert strip_timing(read_metrics(out)) == strip_timing(reference.metrics)
     assert _comparable(record) == _comparable(reference.record)
+
+
+def test_a_failed_first_checkpoint_does_not_claim_earlier_ones(reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = reference.cfg.model_copy(update={"out_dir": str(out)})
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(out / "checkpoints" / ".tmp-step-00000004" / "rng-0.pt"))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError) as e:
+        train(cfg)
+    assert str(e.value) == (f"could not write the checkpoint of step 4 under {out / 'checkpoints'} (OSError: No space "
+                            f"left on device); nothing of it was kept; there is no earlier checkpoint, so --resume "
+                            f"starts the run again from step 0")
+    assert list_checkpoints(out) == []
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path):

@@ -122,7 +122,10 @@ def _source(text: str) -> tuple[str, float | None]:
 
     from replaytune.finetune.config import split_weight
 
-    path, weight = split_weight(text)
+    try:
+        path, weight = split_weight(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if weight is not None and not (weight > 0 and math.isfinite(weight)):
         raise argparse.ArgumentTypeError(f"{text!r}: the weight after ':' must be > 0, got {weight:g} (PATH:WEIGHT, "
                                          f"e.g. web.jsonl:0.7)")
@@ -138,7 +141,19 @@ def _sources(given: list[tuple[str, float | None]] | None, kind: str | None, val
 
 
 def _rho(text: str):
-    return "auto" if text == "auto" else float(text)
+    """``auto`` or a number in [0, 1)."""
+    import math
+
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        rho = float(text)
+    except ValueError:
+        rho = math.nan
+    if not 0 <= rho < 1:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text!r}: give the replay share of the batch as a number in [0, 1), "
+                                         f"e.g. 0.5, or auto to search for it")
+    return rho
 
 
 def _floats(text: str) -> list[float]:

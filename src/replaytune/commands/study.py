@@ -8,12 +8,14 @@ from replaytune.commands import REPORT_TO_METAVAR, add_launcher_flags, make_exec
 
 
 def _run(args) -> int:
+    from replaytune import trackers
     from replaytune.study import report
     from replaytune.study import runs as study
 
     executor = make_executor(args)
     extra = (["replay_search=true"] if args.auto else []) + report_override(args)
     cfg = study.load_study(args.config, args.set + extra, preset=args.preset)
+    trackers.require(cfg.report_to)  # before the study writes anything
     results = study.run_study(cfg, args.out, share_prefixes=not args.no_share, workers=args.workers or 1,
                               executor=executor)
     written = report.build_report(args.out)

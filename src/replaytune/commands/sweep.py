@@ -8,10 +8,12 @@ from replaytune.commands import REPORT_TO_METAVAR, add_launcher_flags, make_exec
 
 
 def _run(args) -> int:
+    from replaytune import trackers
     from replaytune.study import sweep
 
     executor = make_executor(args)
     configs, out_dir = sweep.load_sweep(args.config, args.set + report_override(args))
+    trackers.require([n for c in configs for n in [*c.report_to, *(["tensorboard"] if c.tensorboard else [])]])
     if args.out:
         from pathlib import Path
 

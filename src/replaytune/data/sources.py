@@ -518,7 +518,10 @@ class SourceReader:
     def _read_hub(self) -> Iterator[Document]:
         import datasets
 
+        from replaytune.hub import require_hub
+
         spec = self.spec
+        require_hub("dataset", str(spec.path))  # one quick probe, not half a minute of retries
         try:
             ds = datasets.load_dataset(
                 str(spec.path), spec.hf_config, split=spec.split, streaming=True, revision=spec.revision

@@ -52,6 +52,9 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> Any:
         return tok
     if _looks_local(name) or not name:
         raise DataError(f"tokenizer {name}: no such directory; train one with `replaytune tokenizer train` or fix the path")
+    from replaytune.hub import require_hub
+
+    require_hub("tokenizer", name)
     try:
         return AutoTokenizer.from_pretrained(name)
     except Exception as exc:  # hub errors: not found, offline, gated

@@ -1,13 +1,14 @@
-"""Checks of the model and tokenizer a fine-tune names, made before anything is written or tokenized."""
+"""Checks made before anything is written or tokenized: the model, the tokenizer, the optional packages, the search."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 from replaytune.data.store import TokenStore
-from replaytune.errors import DataError
+from replaytune.errors import ConfigError, DataError
 from replaytune.finetune.config import FinetuneConfig, label
 
 
@@ -23,7 +24,10 @@ def check_model(cfg: FinetuneConfig) -> None:
     if not local.exists():
         if _looks_like_path(cfg.model):
             raise DataError(f"model {cfg.model}: no such file or directory; give a saved model folder, a .gguf file or a hub id")
-        return  # a hub id: the loader says whether it can be reached
+        from replaytune.hub import require_hub
+
+        require_hub("model", cfg.model)  # a hub id: one quick probe, not a minute of retries
+        return
     if cfg.gguf_file:
         if not (local / cfg.gguf_file).is_file():
             raise DataError(f"model {cfg.model}: no GGUF file {cfg.gguf_file!r} in this folder")
@@ -84,3 +88,38 @@ def check_store_tokenizer(role: str, store: TokenStore, tok) -> None:
             f"{fp}; its token ids would mean other text to this model, so it cannot be mixed in. Give the raw "
             f"source (text/jsonl/parquet) instead: it is tokenized with the model's tokenizer"
         )
+
+
+def check_extras(cfg: FinetuneConfig) -> None:
+    """The optional packages the settings need (trackers, lm-evaluation-harness) are installed.
+
+    First of the checks: a missing extra refuses the start at once, not after tokenizing, and
+    not (``eval_tasks``) after a whole fine-tune that then skips the evaluation asked for.
+    """
+    from replaytune import trackers
+
+    trackers.require(cfg.report_to)
+    if cfg.eval_tasks:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"--eval-tasks {','.join(cfg.eval_tasks)} needs lm-evaluation-harness, which is not "
+                              f"installed: pip install 'replaytune[eval]', or drop --eval-tasks") from None
+
+
+def one_candidate(cfg: FinetuneConfig, say: Callable[[str], None]) -> FinetuneConfig:
+    """``auto`` over a single rho (and at most one LR) has nothing to search: say so, and fine-tune with it.
+
+    Otherwise the search would train that one candidate through every rung of successive
+    halving, which only adds evaluations.
+    """
+    if not cfg.auto_replay:
+        return cfg
+    rhos, lrs = sorted(set(cfg.replay_candidates)), sorted(set(cfg.lr_candidates or []))
+    if len(rhos) > 1 or len(lrs) > 1:
+        return cfg
+    lr = lrs[0] if lrs else cfg.lr
+    unchecked = "; --max-forgetting is not applied (the forgetting report shows the rise)" if cfg.max_forgetting else ""
+    say(f"replay fraction auto: one candidate (rho {rhos[0]:g}" + ("" if not lrs else f", LR {lr:g}")
+        + f"), so nothing to search; fine-tuning with it{unchecked}")
+    return cfg.model_copy(update={"replay_fraction": float(rhos[0]), "lr": lr})

@@ -48,8 +48,27 @@ def split_weight(text: str) -> tuple[str, float | None]:
     """
     m = _WEIGHT.match(text)
     if m is None or Path(text).expanduser().exists():
+        _check_not_a_bad_weight(text)
         return text, None
     return m["path"], float(m["weight"])
+
+
+_DATA_SUFFIXES = (".txt", ".text", ".jsonl", ".json", ".parquet", ".arrow", ".gz", ".zst")
+
+
+def _check_not_a_bad_weight(text: str) -> None:
+    """``web.jsonl:abc``: what precedes the last ``:`` is a data file, so what follows was meant as its weight.
+
+    Raises ValueError naming the weight (rather than letting ``web.jsonl:abc`` be looked for as
+    a file, and reported missing). A hub id's ``org/name:rev`` is left alone.
+    """
+    head, sep, tail = text.rpartition(":")
+    if not sep or not head or Path(text).expanduser().exists():
+        return
+    local = Path(head).expanduser()
+    if local.exists() or head.lower().endswith(_DATA_SUFFIXES):
+        raise ValueError(f"{text!r}: the weight after ':' must be a number > 0, got {tail!r} (PATH:WEIGHT, "
+                         f"e.g. {head}:0.7)")
 
 
 def _source_entry(value: Any) -> Any:
@@ -441,6 +460,10 @@ def resolve_sources(cfg: FinetuneConfig) -> dict[str, Source]:
             continue
         try:
             reader = data_sources.SourceReader(arg.spec(name))
+            if reader.mode == "hf" and not Path(arg.path).expanduser().exists():
+                from replaytune.hub import require_hub
+
+                require_hub("dataset", arg.path)  # before anything is written, not when it is first read
             out[name] = Source(role, arg, detect_kind(arg, reader), name=name)
         except DataError as exc:
             raise DataError(f"{label(name)} source: {exc}") from None

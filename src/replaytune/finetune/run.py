@@ -34,10 +34,12 @@ from replaytune.data.store import TokenStore
 from replaytune.errors import ReplaytuneError
 from replaytune.finetune import search as fsearch
 from replaytune.finetune.checks import (
+    check_extras,
     check_model,
     check_store_tokenizer,
     check_vocab_early,
     load_tokenizer,
+    one_candidate,
 )
 from replaytune.finetune.config import (
     DEFAULT_EPOCHS,
@@ -61,29 +63,12 @@ from replaytune.fsio import write_json, write_text
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.plan import RunPlan
 
-# ------------------------------------------------------------------------------------------
-# Model and tokenizer checks (before anything is written)
-# ------------------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
 @dataclass
 class FinetuneResult:
     output: Path
     summary: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     run_config: rconfig.RunConfig | None = None  # the fine-tune's one-phase run (also under prepare_only)
-
-
 
 
 def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Source], *, log: Callable[[str], None] = print) -> dict[str, tuple[TokenStore, dict[str, Any]]]:
@@ -128,8 +113,6 @@ def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[Toke
                            part=part)
 
 
-
-
 def run_finetune(
     cfg: FinetuneConfig, *, resume: bool = False, prepare_only: bool = False, log: Callable[[str], None] | None = None
 ) -> FinetuneResult:
@@ -163,6 +146,8 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         raise ReplaytuneError(f"{out}: exists and is not a replaytune finetune output; choose another --output")
 
     # Cheap checks first: nothing is written until they pass.
+    cfg = one_candidate(cfg, say)
+    check_extras(cfg)
     check_model(cfg)
     tok = load_tokenizer(cfg)
     check_vocab_early(cfg, tok)
@@ -261,12 +246,6 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     return result
 
 
-
-
-
-
-
-
 def _realised(run_cfg: rconfig.RunConfig, stores: dict[str, TokenStore], plan: ReplayPlan) -> dict[str, Any]:
     """What the run's exact mixture draws: loss tokens (or the unit) per source, target epochs."""
     mixture = plan.mixture
@@ -318,21 +297,5 @@ def _describe(plan: ReplayPlan, realised: dict[str, Any]) -> str:
     elif realised["replay_epochs"] > 1.0:
         lines.append("  note: the replay source is repeated; the paper replays fresh generic data (give a larger replay set)")
     return "\n".join(lines)
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 

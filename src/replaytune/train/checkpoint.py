@@ -204,7 +204,8 @@ def save_checkpoint(
         except OSError as exc:
             error = exc
     if dist.any(error is not None):
-        raise CheckpointError(f"could not create {tmp}: {error}; check that out_dir is writable")
+        raise CheckpointError(f"could not create the checkpoint of step {step} under {root} ({_why(error)}); "
+                              f"check that out_dir is writable")
     try:
         if fsdp:
             import torch.distributed.checkpoint as dcp
@@ -230,10 +231,9 @@ def save_checkpoint(
         if dist.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
-        what = f"{type(error).__name__}: {error}" if error is not None else "failed on another rank"
         raise CheckpointError(
-            f"could not write the checkpoint of step {step} under {root} ({what}); "
-            f"nothing of it was kept and earlier checkpoints are intact"
+            f"could not write the checkpoint of step {step} under {root} ({_why(error)}); "
+            f"nothing of it was kept; {_what_is_kept(run_dir, step)}"
         )
     if dist.is_main:
         if final.exists():  # the same step saved again (e.g. a branch point re-saved)
@@ -250,6 +250,23 @@ def save_checkpoint(
         prune(run_dir, keep)
     dist.barrier()
     return final
+
+
+def _why(error: BaseException | None) -> str:
+    """An error in words without the temporary folder's name (``No space left on device``)."""
+    if error is None:
+        return "failed on another rank"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__}: {error.strerror}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _what_is_kept(run_dir: Path, step: int) -> str:
+    """After a failed save: the newest complete checkpoint before ``step``, or that there is none."""
+    earlier = [s for s in rundir.checkpoint_steps(run_dir) if s < step]
+    if earlier:
+        return f"the checkpoint of step {earlier[-1]} is intact (--resume continues from it)"
+    return "there is no earlier checkpoint, so --resume starts the run again from step 0"
 
 
 def prune(run_dir: Path, keep: int) -> list[Path]:

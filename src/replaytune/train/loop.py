@@ -46,7 +46,7 @@ from replaytune.train import checkpoint as ck
 from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
 from replaytune.data.window import IGNORE, windows
 from replaytune.train.evaluation import auto_interval, eval_set, evaluate, sequence_losses
-from replaytune import rundir
+from replaytune import rundir, trackers
 from replaytune.rundir import CONFIG, METRICS, RECORD, RunLock, RunLocked
 from replaytune.fsio import write_json, write_text
 from replaytune.train.metrics import MetricsLog, Progress, clean, prefix_lines
@@ -159,6 +159,7 @@ class Trainer:
         done = self._check_run_dir()
         if done is not None:
             return done
+        trackers.require(self._report_to())  # a missing package refuses the start before any file is written
         self._build()
         source, branch = self._starting_point()
         self._restore(source)
@@ -243,12 +244,14 @@ class Trainer:
         self._elapsed0, self.train_time = st["elapsed_s"], st["train_time_s"]
         self.last_checkpoint = source.path
 
+    def _report_to(self) -> list[str]:
+        return [*self.cfg.report_to, *(["tensorboard"] if self.cfg.tensorboard else [])]
+
     def _open_records(self, source: ck.Checkpoint | None, branch: bool) -> None:
         """config.yaml and metrics.jsonl: fresh, cut back to the checkpoint, or a branch's prefix."""
         dist = self.dist
         text = dump_yaml(self.cfg)
-        report_to = [*self.cfg.report_to, *(["tensorboard"] if self.cfg.tensorboard else [])]
-        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, report_to=report_to, run_name=self.cfg.name,
+        self.metrics = MetricsLog(self.run_dir, enabled=dist.is_main, report_to=self._report_to(), run_name=self.cfg.name,
                                   config=self.cfg.model_dump(mode="json", exclude_none=True))
         if dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
