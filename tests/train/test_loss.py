@@ -285,3 +285,16 @@ def test_loop_config_names_the_loss_modes(stores, tmp_path):
     data["loss"] = "fused"
     with pytest.raises(ConfigError, match="loss"):
         validate(data)
+
+
+def test_ddp_with_the_chunked_loss_matches_one_process_with_full_logits(masked_stores, tmp_path):
+    """Under DDP the head's gradient comes from the chunked loss, outside the model's forward:
+    it must still be averaged over ranks (2 processes, gloo) like every other gradient."""
+    from .test_distributed import _assert_close, _torchrun
+
+    one = tiny_config(masked_stores, tmp_path / "one", loss="full")
+    train(one)
+    lines = _torchrun(one, tmp_path, tmp_path / "ddp", "--set", "data.micro_batch_size=3", "--set", "loss=chunked")
+    _assert_close(lines, read_metrics(tmp_path / "one"))
+    states = sorted((tmp_path / "ddp").rglob("state.json"))
+    assert states and all(json.loads(p.read_text())["execution"]["loss"] == "chunked" for p in states)

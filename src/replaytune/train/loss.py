@@ -8,8 +8,9 @@ the model, limits the micro-batch (BENCHMARKS.md).
 
 The chunked path (:func:`linear_cross_entropy`) never builds them. It walks the tokens in
 chunks of ``c`` (``c x V`` about 2^26 logits, 256 MB in fp32: 512 tokens at V = 128,256)
-and, for each chunk, computes the logits, the per-token loss ``logsumexp(z) - z_target``
-and at once its gradient ``dz = softmax(z) - onehot(target)`` (zero for ignored targets),
+and, for each chunk, computes the logits ``z``, the per-token loss ``logsumexp(z) - z_target``
+and at once its gradient ``dz = softmax(z) - onehot(target)`` (zero for ignored targets) in
+one fp32 buffer rewritten in place,
 then ``dL/dhidden = dz @ W`` and ``dL/dW += dz^T @ hidden``; the chunk's logits are freed
 before the next. Both gradients are kept until backward, which only multiplies them by
 the incoming gradient of the summed loss. The head therefore costs the same three matmuls
@@ -63,19 +64,25 @@ def sequence_losses(logits, targets):
 
 
 def _chunk(h, w, t, grad: bool):
-    """Loss of each token of one chunk and, if ``grad``, d(sum of losses)/d(logits) in h's dtype."""
+    """Loss of each token of one chunk and, if ``grad``, d(sum of losses)/d(logits) in h's dtype.
+
+    One fp32 [c, V] buffer, rewritten in place: z - max, then exp(z - max), then the gradient
+    softmax(z) - onehot(target) (zero rows for ignored targets); one exp pass in all.
+    """
     import torch
 
-    logits = (h @ w.t()).float()  # [c, V]; the fp32 upcast of the plain path
+    z = (h @ w.t()).float()  # [c, V]; the fp32 upcast of the full path
     valid = t != IGNORE
     safe = torch.where(valid, t, 0).unsqueeze(1)
-    lse = torch.logsumexp(logits, dim=1)
-    loss = torch.where(valid, lse - logits.gather(1, safe).squeeze(1), 0.0)
+    z.sub_(z.amax(dim=1, keepdim=True))
+    target = z.gather(1, safe).squeeze(1)
+    total = z.exp_().sum(dim=1)
+    loss = torch.where(valid, total.log() - target, 0.0)
     if not grad:
         return loss, None
-    dz = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place of the logits
-    dz.scatter_add_(1, safe, -valid.to(dz.dtype).unsqueeze(1))  # minus one-hot of the target
-    dz.mul_(valid.unsqueeze(1).to(dz.dtype))  # ignored targets: no gradient
+    keep = valid.to(z.dtype)
+    dz = z.mul_((keep / total).unsqueeze(1))  # softmax; ignored targets: 0
+    dz.scatter_add_(1, safe, -keep.unsqueeze(1))  # minus one-hot of the target
     return loss, dz.to(h.dtype)
 
 
