@@ -191,7 +191,7 @@ def part_study(out: Path, res: Results, dry: bool) -> None:
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
-    code, tail = run(cmd, 420 if not dry else 300, out / "study.log")
+    code, tail = run(cmd, 420 if not dry else 800, out / "study.log")
     wall = time.perf_counter() - t0
     runs = []
     for record in sorted(study_out.rglob("record.json")):

@@ -16,7 +16,9 @@ A run is a list of phases on one global step axis (see plan.py). For every updat
    Each micro-batch backpropagates ``sum(CE) * world / T_global`` (DDP/FSDP average
    gradients over ranks, which removes the ``world``), so gradients equal those of one
    batch of B sequences in one process whatever the memory split; a per-micro-batch mean
-   would weight tokens unequally when loss masks leave micro-batches with different counts;
+   would weight tokens unequally when loss masks leave micro-batches with different counts.
+   The CE comes from ``loss.forward_losses``: full logits, or the chunked head + loss that
+   never builds them (``loss: auto`` picks it for vocabularies >= 32,000; see loss.py);
 5. clip the global gradient norm, stop on a non-finite loss or gradient norm (before the
    update: the last checkpoint stays the last good state), AdamW step;
 6. per-source training loss from the batch composition (every sequence's summed CE is
