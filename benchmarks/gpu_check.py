@@ -30,11 +30,19 @@ so a run cut short keeps what it measured):
            loop ``replaytune finetune`` runs): LoRA on a bf16 base and full fine-tuning,
            peak memory and tokens/s.
 
-Expected length on an H100/H200: about 7-9 minutes (mostly compilation); not yet measured.
+Length on an H100/H200: not yet measured; expected 60-150 s per mfu variant (compilation
+dominates; inductor's cache, shared between the processes, shortens the later ones), 2-4
+minutes for the study, 1-2 for LoRA. ``--budget-s`` (default 540) bounds one invocation:
+a step gets at most what is left (mfu 150 s, study 300 s, lora 200 s each at most), and
+steps that no longer fit are skipped and marked so. If the first run did not reach every
+part, run the rest with ``--parts``/``--variants``, e.g. ``--parts study,lora``.
 Without a CUDA GPU it stops at once with one line; ``--dry-run`` checks every part on the
-CPU at tiny sizes instead.
+CPU at tiny sizes instead (on the loaded 2-core development CPU: 15-28 s per mfu variant,
+201 s for the whole-model compile, 241 s for the study, 43 s for LoRA; the cuDNN variant
+fails there, as it must: the CPU has no cuDNN attention).
 
-Usage: python benchmarks/gpu_check.py [--parts mfu,study,lora] [--out DIR] [--dry-run]
+Usage: python benchmarks/gpu_check.py [--parts mfu,study,lora] [--variants current,chunked,...]
+    [--budget-s 540] [--out DIR] [--dry-run]
 """
 
 from __future__ import annotations
@@ -91,8 +99,19 @@ def environment(dry: bool) -> dict:
     return out
 
 
+DEADLINE = [float("inf")]  # perf_counter time by which every step must have ended (--budget-s)
+
+
 def run(cmd: list[str], timeout: float, log: Path) -> tuple[int, str]:
-    """Run a step; its output goes to ``log``; returns (exit code, last lines). 124: timed out."""
+    """Run a step; its output goes to ``log``; returns (exit code, last lines). 124: timed out.
+
+    The step gets ``timeout`` seconds or what is left of the budget, whichever is less; with
+    under 20 s left it is skipped (exit 125)."""
+    timeout = min(timeout, DEADLINE[0] - time.perf_counter())
+    if timeout < 20:
+        log.write_text("skipped: the --budget-s is spent\n")
+        print(f"  [skipped: budget spent] {' '.join(cmd[1:4])} ...", flush=True)
+        return 125, "skipped: the --budget-s is spent"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     t0 = time.perf_counter()
@@ -119,7 +138,7 @@ def part_mfu(out: Path, res: Results, dry: bool) -> None:
             cmd = _replace(cmd, "--micro-batch", "2")
             if "layers" in cmd:  # compiling costs a minute per process on a CPU: only the whole-model variant compiles
                 cmd = _replace(cmd, "--compile", "none")
-        code, tail = run(cmd, (400 if "model" in cmd else 100) if dry else 170, out / f"mfu-{name}.log")
+        code, tail = run(cmd, (400 if "model" in cmd else 100) if dry else 150, out / f"mfu-{name}.log")
         if code == 0 and target.exists():
             r = json.loads(target.read_text())
             res.data["mfu"][name] = r
@@ -191,7 +210,7 @@ def part_study(out: Path, res: Results, dry: bool) -> None:
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
-    code, tail = run(cmd, 420 if not dry else 800, out / "study.log")
+    code, tail = run(cmd, 300 if not dry else 800, out / "study.log")
     wall = time.perf_counter() - t0
     runs = []
     for record in sorted(study_out.rglob("record.json")):
@@ -221,7 +240,7 @@ def part_lora(out: Path, res: Results, dry: bool) -> None:
            "--batch", "8", "--seq-len", "1024", "--out", str(target)]
     if dry:
         cmd = _replace(cmd, "--seq-len", "64") + ["--dry-run"]
-    code, tail = run(cmd, 240, out / "lora.log")
+    code, tail = run(cmd, 200, out / "lora.log")
     res.data["lora"] = json.loads(target.read_text()) if code == 0 and target.exists() else {"error": f"exit {code}", "tail": tail}
     res.save()
     for row in res.data["lora"].get("rows", []):
@@ -240,11 +259,22 @@ def main() -> None:
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     ap.add_argument("--out", default=os.environ.get("OUT") or None, help="result folder (default: $OUT, else a temp dir)")
     ap.add_argument("--dry-run", action="store_true", help="check every part on the CPU at tiny sizes")
+    ap.add_argument("--variants", default=",".join(MFU_VARIANTS), help="mfu variants: " + ", ".join(MFU_VARIANTS))
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop starting steps after this many seconds; each step's timeout is cut to what is left "
+                    "(default 540 on a GPU, none with --dry-run)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         sys.exit(f"gpu_check: --parts {unknown[0]!r} is not a part; choose from {', '.join(PARTS)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in MFU_VARIANTS]
+    if bad:
+        sys.exit(f"gpu_check: --variants {bad[0]!r} is not a variant; choose from {', '.join(MFU_VARIANTS)}")
+    for name in list(MFU_VARIANTS):
+        if name not in variants:
+            del MFU_VARIANTS[name]
     sys.path.insert(0, str(SRC))
     import torch
 
@@ -258,6 +288,8 @@ def main() -> None:
     res = Results(out / "gpu_check.json", meta)
     res.save()
     start = time.perf_counter()
+    budget = args.budget_s if args.budget_s is not None else (float("inf") if args.dry_run else 540.0)
+    DEADLINE[0] = start + budget
     for part in parts:
         print(f"== {part} ({time.perf_counter() - start:.0f} s in)", flush=True)
         PARTS[part](out, res, args.dry_run)

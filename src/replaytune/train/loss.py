@@ -30,7 +30,8 @@ model is one whose output is a plain linear head on the last hidden state (Llama
 Qwen2/3, with or without LoRA adapters, tied or untied); ``loss: full`` always builds the
 logits; ``loss: chunked`` asks for the chunked path and refuses a model that cannot use
 it. Under FSDP the head's weight is a shard outside the model's forward, so the full path
-runs there.
+runs there. Liger's fused linear cross-entropy (``liger-kernel``, Triton, CUDA only) does the
+same job in one kernel; it is not used here (not measured against this on a card yet).
 """
 
 from __future__ import annotations
