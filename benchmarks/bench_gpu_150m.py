@@ -10,20 +10,34 @@ needed), --batch sequences per step in micro-batches of --micro-batch. Per-step 
 the time between consecutive step callbacks; the first --skip steps (compilation, allocator
 warm-up) are left out.
 
-MFU = tokens/s x FLOPs per token / peak dense bf16 FLOP/s of the card, with FLOPs per token
-from ``replaytune.model.train_flops_per_token`` (6 x matmul parameters + attention
-12 x layers x hidden x seq: 0.68 GFLOP for 150m at seq 4096). Peaks: H100 SXM / H200 989
-TFLOP/s, H100 PCIe 756, A100 312 (dense, no sparsity); --peak-tflops overrides.
+MFU = tokens/s x FLOPs per token / peak dense bf16 FLOP/s of the card, counted two ways:
+
+* ``mfu`` (primary): FLOPs per token from ``replaytune.model.train_flops_per_token``: 6 x the
+  parameters in matmuls (every layer's projections and the output head; the input embedding
+  is a lookup, not counted) + attention 12 x layers x hidden x seq: 0.68 GFLOP for 150m at
+  seq 4096;
+* ``mfu_6n``: 6 x all parameters (input embedding included, attention not counted), the count
+  nanoGPT's and MPT's parameter-based figures start from: 6 x 154.2M = 0.93 GFLOP for 150m.
+
+Peaks: H100 SXM / H200 989 TFLOP/s, H100 PCIe 756, A100 312 (dense, no sparsity);
+--peak-tflops overrides.
+
+Levers (each a flag, so that one card compares them in one session): ``--loss`` full logits
+or the chunked loss (train/loss.py), ``--compile`` none / each decoder layer (the loop's
+``compile: true``) / the whole model, ``--sdpa`` the attention backend (cuDNN or flash),
+``--no-fused`` AdamW's per-tensor (foreach) step instead of the fused one.
 
 Usage (one GPU, ~3 minutes with compilation):
     python benchmarks/bench_gpu_150m.py [--steps 30] [--skip 10] [--batch 64] [--micro-batch 4]
-        [--no-compile] [--minimal] [--out results.json]
+        [--loss auto|full|chunked] [--compile none|layers|model] [--sdpa default|cudnn|flash]
+        [--no-fused] [--minimal] [--out results.json]
 ``--minimal`` also times a hand-written loop on the same model and batches, for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -63,7 +77,13 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--vocab", type=int, default=128256)
     ap.add_argument("--preset", default="150m")
-    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="same as --compile none")
+    ap.add_argument("--compile", choices=("none", "layers", "model"), default="layers",
+                    help="torch.compile nothing, each decoder layer (the loop's compile: true), or the whole model")
+    ap.add_argument("--loss", choices=("auto", "full", "chunked"), default="auto", help="the run's loss setting")
+    ap.add_argument("--sdpa", choices=("default", "cudnn", "flash", "efficient"), default="default",
+                    help="only this scaled_dot_product_attention backend (default: PyTorch's choice)")
+    ap.add_argument("--no-fused", action="store_true", help="AdamW's foreach step instead of the fused kernel")
     ap.add_argument("--minimal", action="store_true", help="also time a hand-written loop")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--dry-run", action="store_true", help="allow a CPU run (checks the script, e.g. --preset tiny --vocab 2048 --seq-len 128)")
@@ -79,6 +99,9 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     if not cuda and not args.dry_run:
         raise SystemExit("this benchmark needs a CUDA GPU (--dry-run checks the script on CPU)")
+    if args.no_compile:
+        args.compile = "none"
+    _apply_levers(args)
     name = torch.cuda.get_device_name(0) if cuda else "cpu (dry run)"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     peak = args.peak_tflops or peak_tflops(name)
@@ -98,7 +121,8 @@ def main() -> None:
             "phases": [{"name": "p", "steps": args.steps, "constant": "generic", "lr": {"peak": 1e-3}}],
             "eval": {"interval": 0, "sequences": 4, "batch_size": args.micro_batch},
             "checkpoint": {"interval": 0, "final_model": False},
-            "compile": not args.no_compile,
+            "compile": args.compile == "layers",
+            "loss": args.loss,
             "progress": False,
         }
     )
@@ -111,11 +135,14 @@ def main() -> None:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    train(cfg, callbacks=[tick])
+    with _sdpa(args.sdpa):
+        train(cfg, callbacks=[tick, *LAST_CALLBACKS])
     total = time.perf_counter() - t0
     steps = np.diff(stamps[args.skip : -1])  # the last step also evaluates and checkpoints
     tokens_per_step = args.batch * args.seq_len
-    flops = train_flops_per_token(preset_config(args.preset, args.vocab, seq_len=args.seq_len), args.seq_len)
+    model_config = preset_config(args.preset, args.vocab, seq_len=args.seq_len)
+    flops = train_flops_per_token(model_config, args.seq_len)
+    flops_6n = 6.0 * all_parameters(model_config)
     tps = tokens_per_step / statistics.median(steps)
     result = {
         "device": name,
@@ -125,13 +152,23 @@ def main() -> None:
         "seq_len": args.seq_len,
         "batch": args.batch,
         "micro_batch": args.micro_batch,
-        "compile": not args.no_compile,
+        "compile": args.compile,
+        "loss": args.loss,
+        "loss_path": LAST_RUN.get("loss"),
+        "sdpa": args.sdpa,
+        "fused_adamw": LAST_RUN.get("fused"),
         "timed_steps": len(steps),
         "step_s_median": float(statistics.median(steps)),
         "tokens_per_s": tps,
         "flops_per_token": flops,
+        "flops_per_token_6n": flops_6n,
         "peak_tflops": peak,
         "mfu": tps * flops / (peak * 1e12) if peak else None,
+        "mfu_6n": tps * flops_6n / (peak * 1e12) if peak else None,
+        "mfu_definitions": {
+            "mfu": "primary: 6 x matmul parameters (layers + output head, no input embedding) + attention 12 x layers x hidden x seq",
+            "mfu_6n": "6 x all parameters (input embedding included), no attention term: nanoGPT/MPT-style parameter count",
+        },
         "max_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "wall_s": total,
     }
@@ -156,9 +193,11 @@ def minimal(cfg, args, flops, peak, device: str) -> dict:
     model = build_model(cfg.model, vocab_size=plan.vocab_size, seq_len=args.seq_len).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     precision = torch.bfloat16 if device == "cuda" else torch.float32
-    if not args.no_compile:
+    if args.compile == "layers":
         for layer in model.model.layers:
             layer.compile()
+    elif args.compile == "model":
+        model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     times = []
     for s in range(args.steps):
@@ -181,6 +220,60 @@ def minimal(cfg, args, flops, peak, device: str) -> dict:
         times.append(time.perf_counter() - t0)
     tps = args.batch * args.seq_len / statistics.median(times[args.skip :])
     return {"tokens_per_s": tps, "mfu": tps * flops / (peak * 1e12) if peak else None}
+
+
+LAST_RUN: dict = {}  # what the loop resolved (loss path, fused AdamW), filled in by _apply_levers' hooks
+
+
+def all_parameters(config) -> int:
+    """Every parameter of the model (embedding included), counted on the meta device."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+
+
+def _sdpa(name: str):
+    """Only the named scaled_dot_product_attention backend inside the block (default: no constraint)."""
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]
+    return sdpa_kernel([backend])
+
+
+def _apply_levers(args) -> None:
+    """Whole-model compile and the unfused optimizer are benchmark-only switches: patch the loop's hooks."""
+    from replaytune.train import loop
+
+    make_optimizer, wrap = loop.make_optimizer, loop.wrap
+
+    def optimizer(model, optim):
+        opt = make_optimizer(model, optim)
+        if args.no_fused:
+            for group in opt.param_groups:
+                group["fused"] = None  # AdamW.step reads these per group: back to the foreach path
+        LAST_RUN["fused"] = bool(opt.param_groups[0].get("fused"))
+        return opt
+
+    def wrapped(model, dist, parallel, precision, *, compile=False):
+        out = wrap(model, dist, parallel, precision, compile=compile)
+        if args.compile == "model":
+            out.compile()
+        return out
+
+    loop.make_optimizer, loop.wrap = optimizer, wrapped
+
+    def record(trainer):
+        LAST_RUN["loss"] = trainer.execution.get("loss")
+
+    LAST_CALLBACKS.append(record)
+
+
+LAST_CALLBACKS: list = []
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ loop (``replaytune.train.train``, bf16 compute), --steps steps of --batch sequen
 * ``qlora``: the base in 4-bit NF4 (``load_in_4bit``; needs bitsandbytes).
 
 Reported per mode: ``torch.cuda.max_memory_allocated`` over the whole run (load, training,
-final save), its bytes per base parameter, and the median step time.
+final save), its bytes per base parameter, the median step time and tokens/s (batch x
+seq_len / median step).
 
 Usage (one GPU): python benchmarks/bench_gpu_memory.py [--steps 6] [--batch 8] [--seq-len 1024]
     [--modes full,lora-fp32-base,lora-bf16-base,qlora]
@@ -96,8 +97,10 @@ def main() -> None:
                 continue
             peak = memory()
             step = sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else float("nan")
-            rows.append({"mode": mode, "peak_gb": peak / 1e9, "bytes_per_param": peak / params, "step_s": step})
-            print(f"{mode:>15}: peak {peak / 1e9:6.2f} GB = {peak / params:5.2f} bytes/parameter, step {step:.3f} s", flush=True)
+            tps = args.batch * args.seq_len / step
+            rows.append({"mode": mode, "peak_gb": peak / 1e9, "bytes_per_param": peak / params, "step_s": step, "tokens_per_s": tps})
+            print(f"{mode:>15}: peak {peak / 1e9:6.2f} GB = {peak / params:5.2f} bytes/parameter, step {step:.3f} s, "
+                  f"{tps:,.0f} tokens/s", flush=True)
     Path(args.out).write_text(json.dumps({"params": params, "device": name,
                                           "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len,
                                           "rows": rows}, indent=1))

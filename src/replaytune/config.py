@@ -283,6 +283,11 @@ class RunConfig(_Frozen):
     device: str = Field("auto", description="auto, cpu or cuda.")
     dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (GPU; costs a minute up front).")
+    loss: Literal["auto", "chunked", "full"] = Field(
+        "auto", description="How the loss meets the output layer. chunked: logits and cross-entropy a few hundred tokens "
+        "at a time, never the whole [tokens x vocabulary] logits tensor (same loss and gradients, a fraction of the "
+        "memory); full: the model's logits, then cross-entropy; auto: chunked when the vocabulary has >= 32,000 "
+        "entries and the model allows it (Llama-style heads, not under FSDP), else full.")
     report_to: list[ReportTo] = Field(
         default_factory=list, description="Also log to these trackers (Transformers' report_to): tensorboard (event "
         "files under out_dir/tb), wandb, mlflow (default store: out_dir/mlflow.db), trackio; each gets per-source train "

@@ -24,6 +24,7 @@ import numpy as np
 from replaytune.data.store import TokenSplit, TokenStore
 from replaytune.data.window import IGNORE, windows
 from replaytune.train.distributed import Dist, autocast
+from replaytune.train.loss import chunked_head, forward_losses, sequence_losses  # noqa: F401 (sequence_losses re-exported)
 
 EVAL_BUDGET = 0.05
 MAX_AUTO_EVALS = 50
@@ -48,15 +49,6 @@ def auto_interval(total_steps: int, batch_size: int, eval_sequences: int) -> int
     return math.ceil(total_steps / n) if n >= 1 else 0
 
 
-def sequence_losses(logits, targets):
-    """Summed cross-entropy of each sequence's target tokens, fp32: [n]."""
-    import torch.nn.functional as F
-
-    n, length, vocab = logits.shape
-    ce = F.cross_entropy(logits.reshape(n * length, vocab).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="none")
-    return ce.view(n, length).sum(dim=1)
-
-
 def evaluate(
     model,
     stores: Mapping[str, TokenStore],
@@ -68,10 +60,12 @@ def evaluate(
     precision: str,
     sharded: bool = False,
     eos: int | None = None,
+    loss: str = "auto",
 ) -> dict[str, float | None]:
     """Mean held-out loss per source. Ranks split the sequences and sum their results.
 
     ``eos``: block-diagonal document attention (``data/window.py``), as in training.
+    ``loss``: full logits or the chunked loss (loss.py; ``auto``: chunked for large vocabularies).
 
     Under FSDP every rank must run the same number of forward passes (each one gathers
     parameters), so a rank whose share ran out runs the first sequence again at weight 0.
@@ -79,6 +73,7 @@ def evaluate(
     import torch
 
     names = list(stores)
+    head = chunked_head(model, loss, sharded=sharded)
     totals = torch.zeros(2 * len(names), dtype=torch.float64, device=dist.device)
     was_training = model.training
     model.eval()
@@ -101,10 +96,10 @@ def evaluate(
                 x, y, pos = w.inputs, w.targets, w.positions
                 xt = torch.from_numpy(x).to(dist.device)
                 yt = torch.from_numpy(y).to(dist.device)
-                extra = {} if pos is None else {"position_ids": torch.from_numpy(pos).to(dist.device)}
+                pt = None if pos is None else torch.from_numpy(pos).to(dist.device)
                 with autocast(dist.device, precision):
-                    logits = model(input_ids=xt, use_cache=False, **extra).logits
-                totals[j] += weight * sequence_losses(logits, yt).sum().double()
+                    total, _ = forward_losses(model, xt, yt, head=head, position_ids=pt)
+                totals[j] += weight * total.double()
                 totals[len(names) + j] += weight * float((yt != IGNORE).sum())
     if was_training:
         model.train()

@@ -16,7 +16,9 @@ A run is a list of phases on one global step axis (see plan.py). For every updat
    Each micro-batch backpropagates ``sum(CE) * world / T_global`` (DDP/FSDP average
    gradients over ranks, which removes the ``world``), so gradients equal those of one
    batch of B sequences in one process whatever the memory split; a per-micro-batch mean
-   would weight tokens unequally when loss masks leave micro-batches with different counts;
+   would weight tokens unequally when loss masks leave micro-batches with different counts.
+   The CE comes from ``loss.forward_losses``: full logits, or the chunked head + loss that
+   never builds them (``loss: auto`` picks it for vocabularies >= 32,000; see loss.py);
 5. clip the global gradient norm, stop on a non-finite loss or gradient norm (before the
    update: the last checkpoint stays the last good state), AdamW step;
 6. per-source training loss from the batch composition (every sequence's summed CE is
@@ -45,7 +47,8 @@ from replaytune.model import build_model, is_peft, load_tokenizer, save_model
 from replaytune.train import checkpoint as ck
 from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
 from replaytune.data.window import IGNORE, windows
-from replaytune.train.evaluation import auto_interval, eval_set, evaluate, sequence_losses
+from replaytune.train.evaluation import auto_interval, eval_set, evaluate
+from replaytune.train.loss import chunked_head, forward_losses
 from replaytune import rundir, trackers
 from replaytune.rundir import CONFIG, METRICS, RECORD, RunLock, RunLocked
 from replaytune.fsio import write_json, write_text
@@ -201,7 +204,9 @@ class Trainer:
         self.wrapped = wrap(self.model, dist, cfg.parallel, self.precision, compile=cfg.compile)
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.execution = {"world": dist.world, "micro_batch_size": cfg.data.micro_batch_size, "parallel": cfg.parallel, "compile": cfg.compile}
+        self.head = chunked_head(self.model, cfg.loss, sharded=self.sharded)  # None: full logits
+        self.execution = {"world": dist.world, "micro_batch_size": cfg.data.micro_batch_size, "parallel": cfg.parallel, "compile": cfg.compile,
+                          "loss": "full" if self.head is None else "chunked"}
 
     def _starting_point(self) -> tuple[ck.Checkpoint | None, bool]:
         """(checkpoint to start from, whether it is another run's: a branch)."""
@@ -355,11 +360,11 @@ class Trainer:
         src_t = torch.from_numpy(src[sl]).to(dev)
         tok_seq = (yt != IGNORE).sum(dim=1)
         if plan.block or any(st.has_loss_mask for st in self.stores.values()):
-            total = dist.all_reduce_sum(tok_seq.sum().double().reshape(1))
-            t_global = float(total.item())
+            # kept on the device (no host sync): world / max(T_global, 1) in fp64, used in fp32 as before
+            t_global = dist.all_reduce_sum(tok_seq.sum().double().reshape(1))
+            scale = (dist.world / t_global.clamp(min=1.0)).float().reshape(())
         else:
-            t_global = float(cfg.data.batch_size * cfg.data.seq_len)
-        scale = dist.world / max(t_global, 1.0)
+            scale = dist.world / max(float(cfg.data.batch_size * cfg.data.seq_len), 1.0)
         n = len(x)
         micro = cfg.data.micro_batch_size or n
         seq_loss = torch.zeros(n, dtype=torch.float32, device=dev)
@@ -367,11 +372,10 @@ class Trainer:
             hi = min(lo + micro, n)
             with sync_context(self.wrapped, dist, cfg.parallel, hi == n):
                 with autocast(dev, self.precision):
-                    extra = {} if pt is None else {"position_ids": pt[lo:hi]}
-                    logits = self.wrapped(input_ids=xt[lo:hi], use_cache=False, **extra).logits
-                per_seq = sequence_losses(logits, yt[lo:hi])
-                (per_seq.sum() * scale).backward()
-            seq_loss[lo:hi] = per_seq.detach()
+                    total, per_seq = forward_losses(self.wrapped, xt[lo:hi], yt[lo:hi], head=self.head,
+                                                    position_ids=None if pt is None else pt[lo:hi])
+                (total * scale).backward()
+            seq_loss[lo:hi] = per_seq
         k = len(plan.sources)
         stats = torch.zeros(2 * k, dtype=torch.float64, device=dev)
         stats[:k].index_add_(0, src_t, seq_loss.double())
@@ -465,6 +469,7 @@ class Trainer:
             precision=self.precision,
             sharded=self.sharded,
             eos=self.plan.eos_id if self.plan.block else None,
+            loss=self.cfg.loss,
         )
         self.last_eval = {k: clean(v) for k, v in res.items()}
         phase, ps = self.plan.position(s)

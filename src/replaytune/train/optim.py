@@ -5,6 +5,7 @@ Weight decay (default 0.1) multiplies the weights by ``1 - lr * wd`` each step. 
 and biases are 1-D scales and offsets, not capacity to regularize, and decaying the input
 embedding shrinks the rows of rare tokens, which get few gradient updates to push back.
 They go in a group with weight_decay 0; the output head, a matrix, is decayed.
+On CUDA the fused implementation runs (one kernel per step for all parameters).
 A "reset" (phase ``reset_optimizer``) is a new optimizer from this function: zeroed moments
 and step counts, so bias correction restarts too.
 """
@@ -25,4 +26,7 @@ def make_optimizer(model, optim: OptimConfig):
             continue
         (no_decay if p.ndim < 2 or id(p) in embedding else decay).append(p)
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    # fused: one CUDA kernel for all parameters instead of a few per tensor (same update, float rounding aside)
+    fused = bool(decay or no_decay) and all(p.is_cuda for p in decay + no_decay)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=0.0, betas=(optim.beta1, optim.beta2), eps=optim.eps,
+                             fused=fused or None)
