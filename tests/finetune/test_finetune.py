@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,3 +293,18 @@ def test_replay_fraction_auto_searches_then_finishes_the_choice(finetune_cfg, tm
     strip = lambda d: {k: v for k, v in d.items()}  # noqa: E731
     assert strip(json.loads((out2 / "replay_search.json").read_text())) == strip(search)
     assert again.summary["final_eval"] == res.summary["final_eval"]
+
+
+def test_a_second_finetune_on_one_output_is_refused_and_changes_nothing(finetune_cfg, tmp_path):
+    """While one finetune holds --output (its lock), another is refused in one line naming the holder."""
+    from replaytune.rundir import RunLock, RunLocked
+
+    cfg = finetune_cfg()
+    out = Path(cfg.output)
+    with RunLock(out):  # stands for a live finetune on the same --output
+        with pytest.raises(RunLocked, match=r"is in use by pid \d+ on host"):
+            run_finetune(cfg, log=lambda text: None)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing tokenized, nothing written
+    assert not out.exists()  # the holder made it and wrote nothing: its release removes it
+    run_finetune(cfg, log=lambda text: None)  # free again: the same command runs
+    assert (out / "finetune.json").is_file() and not (out / ".lock").exists()

@@ -126,13 +126,18 @@ def run_finetune(
 
     dist = setup(cfg.device)
     say = (log or print) if dist.is_main else (lambda text: None)
+    out = Path(cfg.output).expanduser()
+    lock = rundir.RunLock(out) if dist.is_main else None  # one finetune per --output (taken after the checks)
     try:
-        return _run(cfg, Path(cfg.output).expanduser(), dist, resume, say, prepare_only)
+        return _run(cfg, out, dist, resume, say, prepare_only, lock)
     finally:
+        if lock is not None:
+            lock.release()
         teardown(dist)
 
 
-def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str], None], prepare_only: bool = False) -> FinetuneResult:
+def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str], None], prepare_only: bool = False,
+         lock: rundir.RunLock | None = None) -> FinetuneResult:
     from replaytune.data import chat
     from replaytune.finetune.forgetting import format_report
 
@@ -142,7 +147,8 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         report = json.loads((out / "forgetting.json").read_text())
         say(format_report(report))
         return FinetuneResult(out, json.loads((out / SUMMARY).read_text()), report)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
+    if out.exists() and (not out.is_dir() or (any(p.name != rundir.LOCK for p in out.iterdir())
+                                               and not (out / MARKER).exists())):
         raise ReplaytuneError(f"{out}: exists and is not a replaytune finetune output; choose another --output")
 
     # Cheap checks first: nothing is written until they pass.
@@ -158,6 +164,8 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS[s.kind] for s in sources.values() if s.role == TARGET)
 
     created = not out.exists()
+    if lock is not None:
+        lock.acquire()  # a second finetune on this --output is refused here, with the holder's pid and host
     started = False
     search = None
     try:
