@@ -87,6 +87,9 @@ class SourceArg(Frozen):
         None, gt=0, description="Held-out documents: a fraction (< 1) or a count (>= 1); default 0.05 target, 0.01 replay."
     )
 
+    packing: Literal["auto", "bfd", "wrapped"] = Field("auto", description=(
+        "auto: chat/instruction examples packed whole (bfd) into windows of seq_len tokens, text wrapped."))
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value):

@@ -106,7 +106,7 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
         store, stats = prepare(
             src.spec(cfg.strict), tok, out / "data" / role, seed=cfg.seed, max_length=max_length,
             chat_template=cfg.chat_template, skip_invalid=cfg.skip_invalid, progress=cfg.progress, **src.val(),
-            max_tokens=cap,
+            max_tokens=cap, packing=None if src.arg.packing == "auto" else src.arg.packing, seq_len=cfg.seq_len,
         )
         log(format_stats(f"{role} ({src.arg.path})", stats, store.path))
         result[role] = (store, stats)
