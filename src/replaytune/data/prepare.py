@@ -69,7 +69,8 @@ def prepare(
         skip_invalid: skip (and count) chat examples that break the role rule instead of failing.
         max_val_tokens: ``val_fraction`` mode: held-out tokens stop here (later units train).
         max_tokens: stop reading once this many tokens (both splits) are stored: a replay
-            source needs only what a run draws, not all of a web-scale corpus. The store is
+            source needs only what a run draws, not all of a web-scale corpus. A capped read is
+            a seeded sample of the source, not its head (:mod:`~replaytune.data.sampling`). The store is
             then identified by its files' sizes and modification times (hashing every byte
             would read it all) and records what was read (``stats["complete"]``). A store
             built with a larger cap, or complete, serves a smaller one as it is.
@@ -143,6 +144,8 @@ def prepare(
         return existing, {**existing.meta.get("stats", {}), "up_to_date": True}
     because = describe_changes(existing.meta, content, tinfo, settings) if existing is not None else []
 
+    if max_tokens is not None:  # a sampled read (data/sampling.py), seeded like the split
+        reader.sample_seed = seed
     if max_tokens is not None:  # check the cap often enough to overshoot it by ~1/8 at most (~4 characters a token)
         batch_chars = max(1 << 14, min(batch_chars, max_tokens // 2))
     t0 = time.perf_counter()
@@ -198,6 +201,7 @@ def prepare(
             "val_share": round(share, 6),
             "complete": complete,
             "documents_read": b.index + 1,
+            "files_read": reader.files_read,
             "val_note": note,
             "packing": _packing_stats(packing, seq_len, b, writer),
             "seconds": round(seconds, 3),
