@@ -171,6 +171,11 @@ class FinetuneConfig(Frozen):
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for the underlying run config (--set).")
     report_to: list[ReportTo] = Field(default_factory=list, description="Trackers to log to.")
     progress: bool = True
+    save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype of the saved model: auto is the base model's own (fp32 when it names none).")
+    push_to_hub: bool = Field(False, description="Upload OUT's model files to the hub repository hub_model_id.")
+    hub_model_id: str | None = Field(None, description="OWNER/NAME of the hub repository (push_to_hub).")
+    hub_private_repo: bool = Field(False, description="Create the hub repository private.")
 
     @field_validator("lora", mode="before")
     @classmethod

@@ -9,66 +9,10 @@ from typing import Any
 
 from replaytune import config as rconfig
 from replaytune import rundir
-from replaytune.finetune.config import FinetuneConfig, label
+from replaytune.finetune.config import FinetuneConfig
 from replaytune.finetune.phase import FinetuneTrainer
+from replaytune.finetune.hub import model_card  # noqa: F401  (the card, built with huggingface_hub)
 from replaytune.fsio import replace_dir, temp_dir, write_json
-
-
-def model_card(summary: dict[str, Any], report: dict[str, Any], folder: str) -> str:
-    """README.md for the saved model (or adapter): base model, data, replay settings, forgetting."""
-    from replaytune.finetune.forgetting import format_report
-
-    s, plan = summary["settings"], summary["plan"]
-    data = summary["data"]
-    lines = [
-        "---",
-        f"base_model: {s['model']}",
-        "library_name: " + ("peft" if folder == "adapter" else "transformers"),
-        "tags: [replaytune, replay, fine-tuning]",
-        "---",
-        "",
-        f"# {s['name']}: {s['model']} fine-tuned with replay",
-        "",
-        "Fine-tuned with `replaytune finetune`: generic data replayed inside every batch "
-        "(Kotha & Liang 2026, arXiv 2603.04964).",
-        "",
-        "## Data",
-        "",
-        "| role | source | kind | train tokens | held-out tokens |",
-        "|---|---|---|---|---|",
-    ]
-    for role, d in data.items():
-        tokens = (d.get("stats") or {}).get("tokens") or {}
-        lines.append(f"| {label(role)} | {d['source']} | {d['kind']} | {tokens.get('train', '-')} | {tokens.get('val', '-')} |")
-    lines += [
-        "",
-        "## Replay and training",
-        "",
-        f"- replay fraction {plan['replay_fraction']:g} of the batch's {plan['replay_unit']} "
-        f"(realised {plan['realised']['replay_share']:.4f}); sequence weights "
-        + ", ".join(f"{label(k)} {v:.4f}" for k, v in plan["weights"].items()),
-        f"- {plan['steps']} steps of {plan['batch_size']} sequences x {plan['seq_len']} tokens; target seen "
-        f"{plan['realised']['target_epochs']:.3g} times",
-        f"- peak LR {s['lr'] if s['lr'] is not None else 'default'} ({s['lr_schedule']}, warmup {s['warmup']:g}), "
-        f"weight decay {s['weight_decay']:g}, " + ("LoRA" if s.get("lora") else "full fine-tuning")
-        + f", seed {s['seed']}",
-        "",
-        "## Held-out loss, base vs fine-tuned",
-        "",
-        format_report(report).split("\n", 1)[-1].strip(),  # the forgetting report without its title
-        "",
-        "## Use",
-        "",
-        "```python",
-    ]
-    if folder == "adapter":
-        lines += ["from peft import AutoPeftModelForCausalLM", 'model = AutoPeftModelForCausalLM.from_pretrained("PATH")']
-    else:
-        lines += ["from transformers import AutoModelForCausalLM, AutoTokenizer",
-                  'model = AutoModelForCausalLM.from_pretrained("PATH")',
-                  'tokenizer = AutoTokenizer.from_pretrained("PATH")']
-    lines += ["```", ""]
-    return "\n".join(lines)
 
 
 def save_tokenizer(tok, template: str | None, path: Path) -> None:

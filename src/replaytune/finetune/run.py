@@ -49,6 +49,7 @@ from replaytune.finetune.config import (
     source_names,
 )
 from replaytune.finetune.evaluate import check_eval_tasks, held_out_report
+from replaytune.finetune import hub
 from replaytune.finetune.outputs import (
     finalize_model,
     model_card,
@@ -255,8 +256,14 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         for folder in ("model", "adapter"):
             if (out / folder).is_dir():
                 write_text(out / folder / "README.md", model_card(result.summary, result.report, folder))
+        top = publish_outputs(cfg, out)
+        result.summary["outputs"]["top_level"] = top["files"]
+        result.summary["save_dtype"] = top["dtype"]
         write_json(out / SUMMARY, result.summary)  # last: marks the fine-tune finished
-        say(f"outputs in {out}: " + ", ".join(f"{k} {v}" for k, v in outputs.items()))
+        say(f"outputs in {out}: " + ", ".join(f"{k} {v}" for k, v in outputs.items())
+            + f"; from_pretrained({out}) loads the {'model' if (out / 'model').is_dir() else 'adapter'}")
+        if cfg.push_to_hub:
+            say(f"pushed to {hub.push(out, cfg.hub_model_id, private=cfg.hub_private_repo, files=top['files'])}")
     dist.barrier()
     return result
 
@@ -265,6 +272,17 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
 
 
 
+
+
+def publish_outputs(cfg: FinetuneConfig, out: Path) -> dict[str, Any]:
+    """The model saved in its dtype, and OUT's top level made loadable (finetune/hub.py)."""
+    dtype = None
+    if (out / "model").is_dir():
+        dtype = hub.base_dtype(cfg.model) if cfg.save_dtype == "auto" else cfg.save_dtype
+        if dtype != "fp32":  # the loop trains and saves fp32 weights
+            hub.cast_saved(out / "model", dtype)
+    folder = out / "model" if (out / "model").is_dir() else out / "adapter"
+    return {"files": hub.link_top_level(out, folder, out / "tokenizer"), "dtype": dtype}
 
 
 def _realised(run_cfg: rconfig.RunConfig, stores: dict[str, TokenStore], plan: ReplayPlan) -> dict[str, Any]:
