@@ -73,7 +73,6 @@ def _pads(store):
     n = 0
     for name in ("train", "val"):
         split = store.split(name)
-        docs = np.asarray(split.docs)
         toks = np.asarray(split.tokens)
         for i in range(split.num_sequences(L)):  # trailing EOS run after the bin's last EOS, beyond one
             row = toks[i * L:(i + 1) * L]
@@ -82,7 +81,6 @@ def _pads(store):
                 k += 1
             n += k - 1  # the example's own EOS is not padding
         n += 1  # the boundary token
-        del docs
     return n
 
 
@@ -132,3 +130,13 @@ def test_bfd_refuses_text_and_needs_seq_len(tiny_tok, tmp_path):
 def test_best_fit_decreasing_fills_the_tightest_bin():
     bins = best_fit_decreasing([6, 5, 4, 3, 2], 10, np.random.default_rng(0))
     assert sorted(sorted(b) for b in bins) == [[0, 2], [1, 3, 4]]  # 6+4, 5+3+2
+
+
+def test_prepare_command_packs_with_seq_len(tiny_tok_path, tmp_path, capsys):
+    from replaytune.cli import main
+
+    src = _instructions(tmp_path / "ins.jsonl", n=30)
+    assert main(["prepare", str(src), "--kind", "instruction", "--tokenizer", tiny_tok_path, "--out", str(tmp_path / "s"),
+                 "--seq-len", str(L), "--val-docs", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"packing bfd: whole examples in" in out and f"windows of {L} tokens" in out

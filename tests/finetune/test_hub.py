@@ -61,6 +61,22 @@ def test_adapter_only_loads_with_peft(finetune_cfg):
     assert model.peft_config["default"].r > 0
 
 
-def test_push_needs_a_repository_id(tmp_path):
+def test_push_needs_a_repository_id(finetune_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"push_to_hub needs hub_model_id OWNER/NAME \(--hub_model_id\)"):
+        finetune_cfg(push_to_hub=True)
     with pytest.raises(ConfigError, match="--push_to_hub needs --hub_model_id OWNER/NAME"):
         push(tmp_path, None, private=False, files=[])
+
+
+def test_hub_flags_on_the_command_line(assets, tmp_path):
+    import argparse
+
+    from replaytune.commands import finetune as cmd
+
+    parser = argparse.ArgumentParser()
+    cmd.register(parser.add_subparsers())
+    args = parser.parse_args(["finetune", "--model", str(assets.model), "--target", str(assets.target),
+                              "--save_dtype", "fp16", "--push_to_hub", "--hub_model_id", "me/x", "--hub_private_repo"])
+    values = cmd.flag_values(args)
+    assert {k: values[k] for k in ("save_dtype", "push_to_hub", "hub_model_id", "hub_private_repo")} == \
+        {"save_dtype": "fp16", "push_to_hub": True, "hub_model_id": "me/x", "hub_private_repo": True}

@@ -177,6 +177,12 @@ class FinetuneConfig(Frozen):
     hub_model_id: str | None = Field(None, description="OWNER/NAME of the hub repository (push_to_hub).")
     hub_private_repo: bool = Field(False, description="Create the hub repository private.")
 
+    @model_validator(mode="after")
+    def _hub_repository(self):
+        if self.push_to_hub and not self.hub_model_id:  # refused before training, not after it
+            raise ValueError("push_to_hub needs hub_model_id OWNER/NAME (--hub_model_id)")
+        return self
+
     @field_validator("lora", mode="before")
     @classmethod
     def _lora_flag(cls, value):
