@@ -61,3 +61,15 @@ def test_uncapped_read_keeps_sorted_order(folder):
     reader = SourceReader(SourceSpec(str(folder)))
     first = next(iter(reader.documents()))
     assert first.content.startswith("file000 doc00")
+
+
+def test_capped_read_of_a_saved_dataset_is_a_seeded_permutation_of_its_rows(tiny_tok, tmp_path):
+    import datasets
+
+    rows = [f"row{i:03d} end " + "word " * 10 for i in range(400)]
+    datasets.Dataset.from_dict({"text": rows}).save_to_disk(str(tmp_path / "ds"))
+    store, st = prepare(str(tmp_path / "ds"), tiny_tok, tmp_path / "s", max_tokens=1500, val_docs=0, progress=False)
+    text = tiny_tok.decode(np.asarray(store.train.tokens).tolist())
+    got = [int(m) for m in re.findall(r"row(\d{3}) end", text)]
+    assert st["complete"] is False and len(got) == st["documents_read"] < 400
+    assert got != sorted(got) and max(got) > 300 and min(got) < 100  # drawn from the whole dataset, not its head
