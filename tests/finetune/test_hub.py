@@ -38,7 +38,7 @@ def test_out_loads_directly_saved_in_bf16_and_pushed(finetune_cfg, monkeypatch):
     files = set(upload["allow_patterns"])
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files
     assert all("/" not in f for f in files) and "finetune.json" not in files and "forgetting.json" not in files
-    assert files == set(res.summary["outputs"]["top_level"]) and all((out / f).is_file() for f in files)
+    assert files == set(res.summary["top_level"]) and all((out / f).is_file() for f in files)
 
 
 def test_card_names_hub_ids_only(finetune_cfg):

@@ -257,7 +257,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
             if (out / folder).is_dir():
                 write_text(out / folder / "README.md", model_card(result.summary, result.report, folder))
         top = publish_outputs(cfg, out)
-        result.summary["outputs"]["top_level"] = top["files"]
+        result.summary["top_level"] = top["files"]  # OUT itself loads (finetune/hub.py)
         result.summary["save_dtype"] = top["dtype"]
         write_json(out / SUMMARY, result.summary)  # last: marks the fine-tune finished
         say(f"outputs in {out}: " + ", ".join(f"{k} {v}" for k, v in outputs.items())
