@@ -22,7 +22,7 @@ $(DEMO_STAMP): pyproject.toml constraints.txt
 
 $(TEST_STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e '.[test,trl,tensorboard,wandb,mlflow,trackio,eval,ray]'
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e '.[test,trl,tensorboard,wandb,mlflow,eval,ray]'
 	touch $(TEST_STAMP) $(DEMO_STAMP)
 
 install: $(DEMO_STAMP)

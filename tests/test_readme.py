@@ -36,4 +36,4 @@ def test_make_targets_install_before_running():
     demo = re.search(r"^\$\(DEMO_STAMP\):.*?\n((?:\t.*\n)+)", mk, re.M).group(1)
     test = re.search(r"^\$\(TEST_STAMP\):.*?\n((?:\t.*\n)+)", mk, re.M).group(1)
     assert "-e .\n" in demo and "[" not in demo
-    assert "-e '.[test," in test and all(x in test for x in ("trl", "eval", "wandb", "mlflow", "trackio", "ray"))
+    assert "-e '.[test," in test and all(x in test for x in ("trl", "eval", "wandb", "mlflow", "ray"))

@@ -21,7 +21,7 @@ L = 96  # the fixture's conversations are 40-70 tokens: whole at this length
 @pytest.fixture(scope="module")
 def prepared(assets, tmp_path_factory):
     from replaytune.finetune import load_config
-    from tests.finetune.conftest import base_values
+    from .conftest import base_values
 
     out = tmp_path_factory.mktemp("packing") / "out"
     cfg = load_config(None, base_values(assets, out, model=str(assets.chat_model), target={"path": str(assets.chat)},
