@@ -281,7 +281,8 @@ class RunConfig(_Frozen):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     device: str = Field("auto", description="auto, cpu or cuda.")
-    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU (fp16 with a gradient scaler where bf16 is missing), fp32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (GPU; costs a minute up front).")
     report_to: list[ReportTo] = Field(
         default_factory=list, description="Also log to these trackers (Transformers' report_to): tensorboard (event "

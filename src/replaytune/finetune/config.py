@@ -161,7 +161,8 @@ class FinetuneConfig(Frozen):
     name: str = "finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="Compute precision: auto is bf16 autocast on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute precision: auto is bf16 autocast on GPU (fp16 + gradient scaler without bf16), fp32 on CPU.")
     weights_dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Frozen base weights (LoRA): auto is bf16 when computing in bf16. Trainable weights stay fp32."
     )
