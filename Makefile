@@ -1,9 +1,12 @@
 # Two entry points (see README): `make demo` and `make test`.
-# Each creates .venv if needed, installs replaytune with its pinned dependency set, then runs.
+# Each creates .venv if needed, installs what it needs (pinned by constraints.txt), then runs:
+# `make demo` the core dependencies only (no extras), `make test` the test tools and every extra
+# the tests exercise (tests of a missing extra skip, saying which extra to install).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -11,24 +14,29 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-all bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# torch pinned in the same pip command: a range alone would pull a CUDA build.
+$(DEMO_STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	# torch pinned in the same pip command: a range alone would pull a CUDA build.
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e .
+	touch $(DEMO_STAMP)
+
+$(TEST_STAMP): pyproject.toml constraints.txt
+	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0 -e '.[test,trl,tensorboard,wandb,mlflow,eval,ray]'
-	touch $(STAMP)
+	touch $(TEST_STAMP) $(DEMO_STAMP)
 
-install: $(STAMP)
+install: $(DEMO_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/replaytune demo --out demo-out
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: $(STAMP)
+test-all: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

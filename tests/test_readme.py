@@ -28,7 +28,12 @@ def test_ci_runs_the_readme_test_command():
 
 def test_make_targets_install_before_running():
     mk = (ROOT / "Makefile").read_text()
-    for target in ("demo", "test"):
+    for target, stamp in (("demo", "$(DEMO_STAMP)"), ("test", "$(TEST_STAMP)")):
         line = re.search(rf"^{target}: (.*)$", mk, re.M)
-        assert line and "$(STAMP)" in line.group(1), f"make {target} must depend on the install step"
+        assert line and stamp in line.group(1), f"make {target} must depend on its install step"
     assert "torch==2.13.0" in mk and "-c constraints.txt" in mk
+    # make demo installs no extras; make test installs the extras the tests exercise
+    demo = re.search(r"^\$\(DEMO_STAMP\):.*?\n((?:\t.*\n)+)", mk, re.M).group(1)
+    test = re.search(r"^\$\(TEST_STAMP\):.*?\n((?:\t.*\n)+)", mk, re.M).group(1)
+    assert "-e .\n" in demo and "[" not in demo
+    assert "-e '.[test," in test and all(x in test for x in ("trl", "eval", "wandb", "mlflow", "ray"))

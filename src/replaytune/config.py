@@ -281,7 +281,8 @@ class RunConfig(_Frozen):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     device: str = Field("auto", description="auto, cpu or cuda.")
-    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU (fp16 with a gradient scaler where bf16 is missing), fp32 on CPU.")
     compile: bool = Field(False, description="torch.compile the model (GPU; costs a minute up front).")
     loss: Literal["auto", "chunked", "full"] = Field(
         "auto", description="How the loss meets the output layer. chunked: logits and cross-entropy a few hundred tokens "

@@ -15,11 +15,37 @@ libraries read their cache.
 from __future__ import annotations
 
 import os
+import re
 import threading
+from pathlib import Path
 
 from replaytune.errors import DataError
 
 PROBE_TIMEOUT_S = 3.0
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+
+
+def looks_like_path(text: str) -> bool:
+    """The one rule for a name that is not on disk: a missing local path, or (False) a hub id.
+
+    Hub ids are ``name`` or ``org/name``. A name starting with ``/``, ``./``, ``../``, ``~`` or
+    ``.``, one with two or more ``/``, or ``org/name`` whose ``org`` is a folder here
+    (``models/mine`` beside a ``models/`` folder) is a local path, reported missing at once
+    instead of sent to the hub.
+    """
+    text = str(text)
+    if text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        return True
+    head = text.split("/", 1)[0]
+    return "/" in text and Path(head).expanduser().is_dir()
+
+
+def is_hub_id(name: str | None) -> bool:
+    """An ``owner/name`` that is neither on disk nor shaped like a path (what a model card may cite)."""
+    if not name:
+        return False
+    name = str(name)
+    return bool(HUB_ID.match(name)) and not Path(name).expanduser().exists() and not looks_like_path(name)
 
 _answers: dict[str, str | None] = {}  # endpoint -> None (reachable) or why not
 

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from replaytune.config import PRESET_NAMES, ModelConfig
+from replaytune.hub import looks_like_path
 from replaytune.errors import ConfigError, DataError, ReplaytuneError
 from replaytune.fsio import replace_dir, temp_dir
 
@@ -101,18 +101,6 @@ def preset_config(
     config = LlamaConfig(**fields)
     config._attn_implementation = attn_implementation
     return config
-
-
-def _looks_like_path(text: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else that is not on disk is a missing path.
-
-    ``org/name`` whose ``org`` is a folder here is a local path too (``models/mine`` with a
-    ``models/`` folder): without HF_HUB_OFFLINE the hub lookup would retry for 30-60 s first.
-    """
-    if text.startswith(("/", "./", "../", "~", ".")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
-        return True
-    head = text.split("/", 1)[0]
-    return "/" in text and Path(head).expanduser().is_dir()
 
 
 def frozen_dtype(spec: ModelConfig, precision: str, parallel: str = "ddp") -> str:
@@ -192,7 +180,7 @@ def load_pretrained(spec: ModelConfig, *, dtype: str = "fp32", device: str | Non
 
     name = str(spec.pretrained)
     local = Path(name).expanduser()
-    if not local.exists() and _looks_like_path(name):
+    if not local.exists() and looks_like_path(name):
         raise DataError(f"model.pretrained: no such directory {name!r}; give a saved model folder or a hub id")
     if not local.exists():
         from replaytune.hub import require_hub
@@ -333,10 +321,11 @@ def is_peft(model) -> bool:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def load_tokenizer(path: str | None):
-    """A tokenizer to save beside the model, or None (then only the model is saved).
+def tokenizer_to_save(path: str | None):
+    """A tokenizer to save beside the model, or None (then only the model is saved): never an error.
 
-    Accepts a tokenizer folder (``AutoTokenizer``) or a ``tokenizers`` JSON file.
+    Accepts a tokenizer folder (read by ``data/tokenizer.load_tokenizer``, the one loader) or a
+    ``tokenizers`` JSON file. A tokenizer that cannot be read must not cost the trained model.
     """
     if not path:
         return None
@@ -349,9 +338,9 @@ def load_tokenizer(path: str | None):
         if p.is_dir() and not any((p / f).exists() for f in _TOKENIZER_FILES):
             return None  # a model folder saved without its tokenizer
         if p.exists():
-            from transformers import AutoTokenizer
+            from replaytune.data.tokenizer import load_tokenizer
 
-            return AutoTokenizer.from_pretrained(str(p))
+            return load_tokenizer(p)
     except Exception as exc:  # a tokenizer we cannot read must not cost the trained model
         warnings.warn(f"could not load tokenizer {path}: {exc}; saving the model without it")
     return None

@@ -186,3 +186,19 @@ def test_real_stdlib_and_docs(tmp_path):
     assert info.budget_reached and all("test" not in r["source"].split("/")[0] for r in read_jsonl(info.path))
     docs = corpora.python_docs(tmp_path / "d.jsonl")
     assert docs.docs > 20
+
+
+def test_without_man_pages_or_catalogs_the_demo_falls_back_to_what_python_carries(tmp_path, monkeypatch):
+    from replaytune.study.demo import find_corpora
+
+    empty = tmp_path / "empty"
+    (empty / "man" / "man1").mkdir(parents=True)
+    (empty / "locale").mkdir()
+    monkeypatch.setattr(corpora, "MAN_ROOT", str(empty / "man"))
+    monkeypatch.setattr(corpora, "LOCALE_ROOT", str(empty / "locale"))
+    gpath, targets, lines = find_corpora(tmp_path / "work", None, None)
+    assert lines[0].startswith("generic: python docs (pydoc_data; no man pages here): ")
+    assert any(line.startswith("target basque: not found (no translation catalogs for language 'eu'") for line in lines)
+    assert list(targets) == ["python"] and lines[-1].startswith("target python: python stdlib")
+    rows = [json.loads(line) for line in gpath.read_text().splitlines()]
+    assert rows and all(r["source"].startswith("pydoc_data/topics.py#") for r in rows)

@@ -67,8 +67,8 @@ def test_tokenizer_without_chat_template_and_none_given(assets, finetune_cfg, tm
     cfg = finetune_cfg(target={"path": str(assets.chat)}, seq_len=64)  # `model` has no chat template
     _fails(cfg, DataError, r"has no chat template; pass --chat-template FILE .* or --chat-template chatml")
     assert not (tmp_path / "out").exists()
-    with pytest.warns(UserWarning, match=r"rounding up to whole steps shows it 0\.\d+ times instead of 0\.5"):
-        ok = run_finetune(finetune_cfg(target={"path": str(assets.chat)}, seq_len=64, chat_template="chatml", epochs=0.5),
+    with pytest.warns(UserWarning, match=r"rounding up to whole steps shows it 0\.\d+ times instead of 0\.3"):
+        ok = run_finetune(finetune_cfg(target={"path": str(assets.chat)}, seq_len=64, chat_template="chatml", epochs=0.3),
                           log=lambda s: None)
     # the template trained with is saved with the model's tokenizer
     from transformers import AutoTokenizer

@@ -13,6 +13,8 @@ import json
 import numpy as np
 import pytest
 
+pytest.importorskip("lm_eval", reason="lm-evaluation-harness tests need the eval extra: pip install 'replaytune[eval]'")
+
 from .conftest import EN, EU, base_values, sentences, write_jsonl
 from replaytune.cli import main
 from replaytune.errors import ConfigError

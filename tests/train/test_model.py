@@ -120,7 +120,7 @@ def test_a_pretrained_model_trains_in_training_mode(tmp_path):
 
 
 def test_a_missing_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
-    from replaytune.model import _looks_like_path
+    from replaytune.hub import looks_like_path as _looks_like_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()

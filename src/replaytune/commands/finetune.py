@@ -113,6 +113,13 @@ def register(subparsers) -> None:
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     a("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
       help="also log to these trackers, comma-separated (Transformers' name; metrics.jsonl is always written)")
+    a("--save-dtype", "--save_dtype", dest="save_dtype", choices=["auto", "bf16", "fp16", "fp32"],
+      help="dtype of the saved model (auto: the base model's own, fp32 when it names none)")
+    a("--push-to-hub", "--push_to_hub", dest="push_to_hub", action="store_true", default=None,
+      help="upload OUT's model files to --hub_model_id (huggingface_hub; needs a login)")
+    a("--hub-model-id", "--hub_model_id", dest="hub_model_id", metavar="OWNER/NAME", help="hub repository to push to")
+    a("--hub-private-repo", "--hub_private_repo", dest="hub_private_repo", action="store_true", default=None,
+      help="create the hub repository private")
     p.set_defaults(func=run)
 
 
@@ -213,6 +220,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "output": args.output,
         "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "weights_dtype": args.weights_dtype, "load_in_4bit": args.load_in_4bit, "parallel": args.parallel,
         "overrides": args.overrides, "progress": args.progress, "report_to": args.report_to,
+        **{k: getattr(args, k) for k in ("save_dtype", "push_to_hub", "hub_model_id", "hub_private_repo")},
     }
     return values
 

@@ -44,7 +44,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="stop reading after N tokens (both splits): tokenize only what runs will draw from a huge "
                         "source; a later call with a larger N reads further")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--seq-len", type=int, default=None, metavar="N",
+                   help="training sequence length: with it, chat/instruction examples are packed whole (bfd) "
+                        "into windows of N tokens; the store then serves --seq-len N only")
+    p.add_argument("--packing", default=None, choices=["bfd", "wrapped"],
+                   help="bfd: whole examples in padded windows (default for chat/instruction with --seq-len); "
+                        "wrapped: one stream cut every --seq-len tokens (text; chat without --seq-len)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split, the packing and a capped read")
     p.add_argument("--strict", action="store_true",
                    help="refuse instead of fixing: undecodable bytes and examples over --max-length are errors")
     p.add_argument("--max-length", type=int, default=None, metavar="N",
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         spec, args.tokenizer, args.out, val_docs=args.val_docs, val_fraction=args.val_fraction, seed=args.seed,
         max_length=args.max_length, chat_template=args.chat_template, skip_invalid=args.skip_invalid,
         **({"max_val_tokens": args.max_val_tokens} if args.max_val_tokens is not None else {}),
-        max_tokens=args.max_tokens,
+        max_tokens=args.max_tokens, packing=args.packing, seq_len=args.seq_len,
         progress=not args.no_progress, force=args.force,
     )
     print(format_stats(spec.display_name, stats, store.path))

@@ -103,17 +103,18 @@ def _write(out_path: str | os.PathLike, docs: Iterator[tuple[str, str]], max_byt
 
 
 # ---------------------------------------------------------------------------- man pages
-def man_page_files(root: str | os.PathLike = MAN_ROOT) -> list[Path]:
-    """The real (non-symlink) pages under ``root/man[1-8]``, in the spread order."""
-    base = Path(root)
+def man_page_files(root: str | os.PathLike | None = None) -> list[Path]:
+    """The real (non-symlink) pages under ``root/man[1-8]`` (default :data:`MAN_ROOT`), in the spread order."""
+    base = Path(MAN_ROOT if root is None else root)
     files = [p for d in sorted(base.glob("man[1-8]")) if d.is_dir() for p in d.iterdir()
              if p.is_file() and not p.is_symlink()]
     return _spread(files, base)
 
 
-def man_pages(out_path: str | os.PathLike, *, max_bytes: int | None = None, root: str | os.PathLike = MAN_ROOT,
+def man_pages(out_path: str | os.PathLike, *, max_bytes: int | None = None, root: str | os.PathLike | None = None,
               flag: str = "--generic PATH") -> CorpusInfo:
     """English technical prose from the man pages; DataError naming ``flag`` when there are none."""
+    root = MAN_ROOT if root is None else root
     files = man_page_files(root)
     if not files:
         raise DataError(f"no man pages under {root}/man[1-8] (install man-db pages, or use {flag} to point at your own text)")
@@ -190,6 +191,18 @@ def python_docs(out_path: str | os.PathLike, *, max_bytes: int | None = None, to
     return _write(out_path, docs, max_bytes, info)
 
 
+def generic_text(out_path: str | os.PathLike, *, max_bytes: int | None = None, flag: str = "--generic PATH") -> CorpusInfo:
+    """The demo's generic English: the man pages, or, where there are none (a slim container,
+    macOS), Python's documentation prose, which every Python install carries. ``info.name`` says which."""
+    try:
+        return man_pages(out_path, max_bytes=max_bytes, flag=flag)
+    except DataError as exc:
+        info = python_docs(out_path, max_bytes=max_bytes, flag=flag)
+        info.name = "python docs (pydoc_data; no man pages here)"
+        info.extra["fallback_because"] = str(exc)
+        return info
+
+
 # ---------------------------------------------------------------------------- translations
 def catalog_strings(path: str | os.PathLike) -> list[str]:
     """Translated strings of one ``.mo`` catalog, sorted by English message id (header skipped)."""
@@ -207,9 +220,10 @@ def translation_files(lang: str, root: str | os.PathLike = LOCALE_ROOT) -> list[
 
 
 def translations(lang: str, out_path: str | os.PathLike, *, max_bytes: int | None = None,
-                 root: str | os.PathLike = LOCALE_ROOT, group_chars: int = GROUP_CHARS,
+                 root: str | os.PathLike | None = None, group_chars: int = GROUP_CHARS,
                  flag: str = "--target PATH") -> CorpusInfo:
     """Text in language ``lang`` from translation catalogs; see the module docstring."""
+    root = LOCALE_ROOT if root is None else root  # read when called: tests point it elsewhere
     files = translation_files(lang, root)
     if not files:
         have = ", ".join(languages(root)[:12]) or "none"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 
+from replaytune.data.sampling import sample_settings
 from replaytune.data.sources import SourceReader, SourceSpec
 from replaytune.data.store import FORMAT_VERSION, TokenStore
 from replaytune.data.tokenizer import load_tokenizer, tokenizer_info
@@ -45,8 +46,10 @@ def store_settings(spec: SourceSpec, val_docs, val_fraction, seed, max_length, t
 
 
 def capped_settings(settings: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
-    """The settings of a store read up to ``max_tokens`` (none: as before caps existed, same fingerprint)."""
-    return settings if max_tokens is None else {**settings, "max_tokens": max_tokens}
+    """The settings of a store read up to ``max_tokens``, a sampled read (data/sampling.py); none: the whole source."""
+    if max_tokens is None:
+        return settings
+    return {**settings, "max_tokens": max_tokens, "sample": sample_settings(settings["seed"])}
 
 
 def store_fingerprint(content_sha: str, tokenizer_fp: str, settings: dict[str, Any]) -> str:

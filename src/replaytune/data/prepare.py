@@ -26,6 +26,7 @@ from replaytune.data.store import StoreWriter, TokenStore
 from replaytune.data.tokenizer import load_tokenizer, tokenizer_info
 from replaytune.data.freshness import capped_settings, describe_changes, existing_store, store_fingerprint, store_settings
 from replaytune.data.freshness import verify_store  # noqa: F401  (part of this module's interface)
+from replaytune.data.packing import MODES as PACKINGS
 from replaytune.data.tokenize import DEFAULT_MAX_VAL_TOKENS, PREPARE_VERSION, VAL_CHUNK, _Builder
 from replaytune.data.tokenize import split_key  # noqa: F401  (part of this module's interface)
 from replaytune.errors import ConfigError, DataError
@@ -47,6 +48,8 @@ def prepare(
     skip_invalid: bool = False,
     max_val_tokens: int = DEFAULT_MAX_VAL_TOKENS,
     max_tokens: int | None = None,
+    packing: str | None = None,
+    seq_len: int | None = None,
     batch_chars: int = 1 << 21,
     progress: bool = True,
     force: bool = False,
@@ -66,10 +69,17 @@ def prepare(
         skip_invalid: skip (and count) chat examples that break the role rule instead of failing.
         max_val_tokens: ``val_fraction`` mode: held-out tokens stop here (later units train).
         max_tokens: stop reading once this many tokens (both splits) are stored: a replay
-            source needs only what a run draws, not all of a web-scale corpus. The store is
+            source needs only what a run draws, not all of a web-scale corpus. A capped read is
+            a seeded sample of the source, not its head (:mod:`~replaytune.data.sampling`). The store is
             then identified by its files' sizes and modification times (hashing every byte
             would read it all) and records what was read (``stats["complete"]``). A store
             built with a larger cap, or complete, serves a smaller one as it is.
+        packing: ``bfd`` (chat/instruction: whole examples in bins of ``seq_len`` tokens, padded and
+            masked, see :mod:`~replaytune.data.packing`; the store then serves that ``seq_len`` only)
+            or ``wrapped`` (one stream cut every ``seq_len`` tokens). Default: ``bfd`` for
+            chat/instruction when ``seq_len`` is given, else ``wrapped``. Under ``bfd`` an example
+            longer than ``seq_len`` keeps its first ``seq_len`` tokens (counted as ``truncated``).
+        seq_len: the training sequence length (``bfd`` needs it).
         batch_chars: characters per tokenizer batch (~2 MB keeps both cores busy).
         force: rebuild even when up to date.
 
@@ -95,6 +105,16 @@ def prepare(
         if max_length < 2:
             raise ConfigError(f"--max-length {max_length}: must be at least 2")
 
+    packing = packing or ("bfd" if spec.kind != "text" and seq_len is not None else "wrapped")
+    if packing not in PACKINGS:
+        raise ConfigError(f"--packing {packing!r}: choose {' or '.join(PACKINGS)}")
+    if packing == "bfd":
+        if spec.kind == "text":
+            raise ConfigError("--packing bfd keeps chat/instruction examples whole; text is packed wrapped (--packing wrapped)")
+        if seq_len is None or seq_len < 2:
+            raise ConfigError(f"--packing bfd needs --seq-len N (N >= 2), the training sequence length; got {seq_len}")
+        max_length = seq_len if max_length is None else min(max_length, seq_len)
+
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, os.PathLike)) else tokenizer
     tinfo = tokenizer_info(tok)
     template = None
@@ -107,6 +127,8 @@ def prepare(
         raise ConfigError(f"--max-tokens {max_tokens}: must be >= 1")
     content = reader.content_fingerprint(hash_bytes=max_tokens is None)
     settings = store_settings(spec, val_docs, val_fraction, seed, max_length, template, skip_invalid, max_val_tokens)
+    if packing == "bfd":  # wrapped stores keep the settings (and fingerprints) they had before packing existed
+        settings = {**settings, "packing": "bfd", "seq_len": seq_len}
     out = Path(out_dir).expanduser()
     existing = existing_store(out)
     if existing is not None and not force and max_tokens is not None:
@@ -122,6 +144,8 @@ def prepare(
         return existing, {**existing.meta.get("stats", {}), "up_to_date": True}
     because = describe_changes(existing.meta, content, tinfo, settings) if existing is not None else []
 
+    if max_tokens is not None:  # a sampled read (data/sampling.py), seeded like the split
+        reader.sample_seed = seed
     if max_tokens is not None:  # check the cap often enough to overshoot it by ~1/8 at most (~4 characters a token)
         batch_chars = max(1 << 14, min(batch_chars, max_tokens // 2))
     t0 = time.perf_counter()
@@ -129,7 +153,7 @@ def prepare(
     with StoreWriter(out, tinfo["vocab_size"], loss_mask=spec.kind != "text") as writer:
         b = _Builder(tok, spec, writer, tinfo["eos_id"], template=template, max_length=max_length,
                      val_docs=val_docs, val_fraction=val_fraction, seed=seed, skip_invalid=skip_invalid,
-                     max_val_tokens=max_val_tokens)
+                     max_val_tokens=max_val_tokens, pack_len=seq_len if packing == "bfd" else None)
         batch, chars, shown = [], 0, 0
         complete = True
         for doc in reader.documents():
@@ -177,7 +201,9 @@ def prepare(
             "val_share": round(share, 6),
             "complete": complete,
             "documents_read": b.index + 1,
+            "files_read": reader.files_read,
             "val_note": note,
+            "packing": _packing_stats(packing, seq_len, b, writer),
             "seconds": round(seconds, 3),
             "tokens_per_s": round(n_tok / seconds, 1) if seconds > 0 else None,
         }
@@ -194,6 +220,16 @@ def prepare(
         }
         store = writer.commit(meta)
     return store, {**stats, "up_to_date": False, "rebuilt_because": because}
+
+
+def _packing_stats(packing: str, seq_len: int | None, b: _Builder, writer: StoreWriter) -> dict[str, Any]:
+    """``bfd``: bins per split and the non-pad share of the stored tokens (the packing efficiency)."""
+    if packing != "bfd":
+        return {"mode": packing}
+    real = sum(p.real for p in b.packers.values())
+    total = writer.count("train") + writer.count("val")
+    return {"mode": "bfd", "seq_len": seq_len, "bins": {s: p.bins for s, p in b.packers.items()},
+            "fill": round(real / total, 6) if total else 0.0}
 
 
 def _abs(path: str) -> str:
@@ -229,6 +265,10 @@ def format_stats(name: str, stats: dict[str, Any], path: str | os.PathLike) -> s
         f"({stats['loss_tokens']['train']:,} train tokens carry loss); held out {stats.get('val_share', 0):.1%} of the tokens",
         f"  {stats['seconds']:.1f} s, {stats['tokens_per_s'] or 0:,.0f} tokens/s",
     ]
+    pk = stats.get("packing") or {}
+    if pk.get("mode") == "bfd":
+        lines.append(f"  packing bfd: whole examples in {pk['bins']['train']:,} + {pk['bins']['val']:,} windows of "
+                     f"{pk['seq_len']} tokens, {pk['fill']:.1%} of the tokens are not padding")
     if stats.get("complete") is False:
         lines.append(f"  stopped at --max-tokens after {stats['documents_read']:,} documents (the rest was not read)")
     fixes = [f"{k.replace('_', ' ')}: {stats[k]:,}" for k in

@@ -14,7 +14,8 @@ Inputs and how each is read
 * ``.parquet``: read in record batches of 1,024 rows, only the needed columns.
 * ``.gz`` of ``.txt`` / ``.jsonl``: decompressed on the fly.
 * a directory (walked recursively, sorted, hidden entries skipped) or a glob (sorted); each
-  file is read by its suffix, or all by ``format``.
+  file is read by its suffix, or all by ``format``. A capped read (``prepare --max-tokens``)
+  samples instead: see :mod:`~replaytune.data.sampling`.
 * a directory written by ``datasets`` ``save_to_disk`` (``Dataset`` or ``DatasetDict``).
 * a Hugging Face hub dataset (``format="hf"``, or an ``owner/name`` that is not a local path):
   ``datasets.load_dataset(..., streaming=True)``.
@@ -41,7 +42,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
+from replaytune.data.sampling import SHUFFLE_BUFFER, sampled_files
 from replaytune.errors import ConfigError, DataError
+from replaytune.hub import HUB_ID
 
 KINDS = ("text", "chat", "instruction")
 FORMATS = ("auto", "txt", "jsonl", "parquet", "arrow", "hf")
@@ -51,7 +54,6 @@ FORMATS = ("auto", "txt", "jsonl", "parquet", "arrow", "hf")
 # fixed cost, at no loss of speed (a 2 MB batch still holds 32 pieces for the thread pool).
 PIECE_CHARS = 1 << 16
 _SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".jsonl": "jsonl", ".parquet": "parquet"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 # A safe cut: just after "\n" that has a non-space character on both sides.
 _SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
@@ -172,6 +174,8 @@ class SourceReader:
         self.bytes_read = 0
         self.docs_read = 0
         self.skipped_files: list[str] = []
+        self.sample_seed: int | None = None  # set: a capped, sampled read (data/sampling.py)
+        self.files_read = 0
         self.files: list[tuple[Path, str]] = []  # (path, format) for file sources
         self.root: Path | None = None
         self.mode = self._resolve()
@@ -203,7 +207,7 @@ class SourceReader:
             self.root = Path(os.path.commonpath([str(m.parent) for m in matches]))
             self.files = [(m, self._file_format(m, explicit=True)) for m in matches]
             return "files"
-        if spec.format == "auto" and _HUB_ID.match(raw) and Path(raw).suffix.lower() not in _SUFFIXES:
+        if spec.format == "auto" and HUB_ID.match(raw) and Path(raw).suffix.lower() not in _SUFFIXES:
             return "hf"
         raise DataError(f"{raw}: no such file or directory")
 
@@ -323,7 +327,10 @@ class SourceReader:
         self.docs_read = 0
         self.replaced_bytes = 0
         self.empty_docs = 0
-        if self.mode == "files":
+        if self.mode == "files" and self.sample_seed is not None:
+            gen = sampled_files(self, self.sample_seed)
+        elif self.mode == "files":
+            self.files_read = len(self.files)
             gen = (d for p, fmt in self.files for d in self._read_file(p, fmt))
         elif self.mode == "arrow":
             gen = self._read_saved()
@@ -505,6 +512,8 @@ class SourceReader:
     def _read_saved(self) -> Iterator[Document]:
         ds, where = self._saved_split()
         self._check_columns(ds.column_names, where)
+        if self.sample_seed is not None:
+            ds = ds.shuffle(seed=self.sample_seed)
         total, rows, done, i = self.total_bytes, max(1, len(ds)), 0, 0
         for batch in ds.select_columns(self._columns()).iter(batch_size=1000):
             cols = list(batch)
@@ -533,6 +542,8 @@ class SourceReader:
                 f"({type(exc).__name__}: {msg}); check the name and --split, and that you are online"
             ) from None
         self._check_columns(getattr(ds, "column_names", None), str(spec.path))
+        if self.sample_seed is not None:
+            ds = ds.shuffle(seed=self.sample_seed, buffer_size=SHUFFLE_BUFFER)
         for i, row in enumerate(ds):
             doc_where = f"{spec.path}[row {i}]"
             self.bytes_read += sum(len(v) for v in row.values() if isinstance(v, str))

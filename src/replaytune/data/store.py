@@ -8,7 +8,8 @@ Layout of a store directory::
     train.mask         optional uint8 per token: 1 where the token is a loss target (chat/instruction data)
     val.tokens / val.docs.npy / val.mask   the held-out split, same format
 
-Sequences are packed across documents: sequence i of length L is
+Sequences are packed across documents (``packing: bfd`` stores hold whole examples in bins of
+L tokens instead, see :mod:`~replaytune.data.packing`; the layout below is the same): sequence i of length L is
 ``tokens[i*L : i*L + L + 1]`` (L inputs and L next-token targets; consecutive sequences
 share one boundary token), so a split of n tokens has ``(n - 1) // L`` sequences.
 """
@@ -43,6 +44,8 @@ class TokenSplit:
     tokens: np.ndarray
     docs: np.ndarray
     mask: np.ndarray | None
+    packed_len: int | None = None  # ``packing: bfd``: the seq_len its whole-example bins were made for
+    where: str = ""
 
     @property
     def num_tokens(self) -> int:
@@ -53,6 +56,11 @@ class TokenSplit:
         return max(0, int(len(self.docs)) - 1)
 
     def num_sequences(self, seq_len: int) -> int:
+        if self.packed_len is not None and seq_len != self.packed_len:
+            raise DataError(
+                f"{self.where or 'store'}: packed (bfd) for seq_len {self.packed_len}, not {seq_len}; rebuild it with "
+                f"`replaytune prepare --seq-len {seq_len}` (or --packing wrapped), or run with --seq-len {self.packed_len}"
+            )
         return max(0, (self.num_tokens - 1) // seq_len)
 
     def units(self, seq_len: int, unit: str, sequences: int | None = None, first: int = 0) -> np.ndarray:
@@ -130,7 +138,9 @@ class TokenStore:
         mask = None
         if self.meta.get("has_loss_mask"):
             mask = np.memmap(self.path / f"{name}.mask", dtype=np.uint8, mode="r", shape=(n,)) if n else np.zeros(0, np.uint8)
-        return TokenSplit(tokens, docs, mask)
+        settings = self.meta.get("settings", {})
+        packed = int(settings["seq_len"]) if settings.get("packing") == "bfd" else None
+        return TokenSplit(tokens, docs, mask, packed, str(self.path))
 
     @property
     def train(self) -> TokenSplit:
@@ -250,6 +260,15 @@ class StoreWriter:
         ends = self._n[split] + np.cumsum(lengths)
         self._docs[split].extend(int(e) for e in ends)
         self._n[split] = int(ends[-1])
+
+    def extend_last(self, split: str, tokens: np.ndarray) -> None:
+        """Append ``tokens`` (loss mask 0) to the split's last document (a packed split's boundary token)."""
+        arr = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self._files[split].write(memoryview(arr).cast("B"))
+        if self.loss_mask:
+            self._masks[split].write(bytes(len(arr)))
+        self._n[split] += len(arr)
+        self._docs[split][-1] = self._n[split]
 
     def count(self, split: str) -> int:
         return self._n[split]

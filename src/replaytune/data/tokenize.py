@@ -32,6 +32,7 @@ import heapq
 import numpy as np
 
 from replaytune.data import chat as chatmod
+from replaytune.data.packing import Packer
 from replaytune.data.sources import SourceSpec
 from replaytune.data.store import StoreWriter
 from replaytune.errors import DataError
@@ -53,8 +54,11 @@ class _Builder:
     """Tokenizes batches of documents and routes finished documents to the writer."""
 
     def __init__(self, tok, spec: SourceSpec, writer: StoreWriter, eos: int, *, template, max_length,
-                 val_docs, val_fraction, seed, skip_invalid, max_val_tokens=DEFAULT_MAX_VAL_TOKENS):
+                 val_docs, val_fraction, seed, skip_invalid, max_val_tokens=DEFAULT_MAX_VAL_TOKENS,
+                 pack_len: int | None = None):
         self.tok, self.spec, self.w, self.eos = tok, spec, writer, eos
+        # packing bfd: whole examples into bins of pack_len tokens (data/packing.py)
+        self.packers = {s: Packer(writer, s, pack_len, eos, seed) for s in ("train", "val")} if pack_len else None
         self.max_val_tokens = max_val_tokens
         self.units = -1  # reader-order index of the current split unit (a document or a chunk of one)
         self.val_tokens = 0
@@ -118,6 +122,9 @@ class _Builder:
             self._write("train" if self.any_val or self.index == 0 else "val",
                         self.candidate[2], self.candidate[3])
         self.flush()
+        if self.packers is not None:
+            for p in self.packers.values():
+                p.finish()
 
     def _checked(self, fn, doc):
         try:
@@ -223,6 +230,12 @@ class _Builder:
     def _write(self, split: str, ids: np.ndarray, mask: np.ndarray | None) -> None:
         if split == "val":
             self.val_tokens += len(ids)
+        if self.packers is not None:  # alone, an example predicts nothing of its first token
+            mask = mask.copy()
+            mask[:1] = 0
+            self.loss_tokens[split] += int(mask.sum())
+            self.packers[split].add(ids, mask)
+            return
         docs, masks = self.out[split]
         docs.append(ids)
         if mask is not None:

@@ -26,13 +26,10 @@ from typing import Any, Iterable, Iterator
 
 from replaytune.errors import ConfigError, DataError
 from replaytune.fsio import replace_dir, temp_dir
+from replaytune.hub import looks_like_path
 
 EOS_TOKEN = "<|endoftext|>"
 MIN_VOCAB = 257  # 256 byte symbols + EOS
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", ".\\")) or os.sep + os.sep in name or name.endswith(os.sep)
 
 
 def load_tokenizer(path_or_id: str | os.PathLike) -> Any:
@@ -50,7 +47,7 @@ def load_tokenizer(path_or_id: str | os.PathLike) -> Any:
             raise DataError(f"tokenizer {name}: cannot load it ({type(exc).__name__}: {_first_line(exc)})") from None
         tok.name_or_path = str(local.resolve())
         return tok
-    if _looks_local(name) or not name:
+    if not name or looks_like_path(name):
         raise DataError(f"tokenizer {name}: no such directory; train one with `replaytune tokenizer train` or fix the path")
     from replaytune.hub import require_hub
 

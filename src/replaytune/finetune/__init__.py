@@ -90,7 +90,7 @@ from replaytune.finetune.config import (
     split_weight,
 )
 from replaytune.finetune.plan import ReplayPlan, plan_for, plan_replay, realised_units, sequence_units
-from replaytune.finetune.checks import check_model, check_store_tokenizer, load_tokenizer
+from replaytune.finetune.checks import check_model, check_store_tokenizer, model_tokenizer
 from replaytune.finetune.phase import FinetuneTrainer, build_run_config
 from replaytune.finetune.run import FinetuneResult, prepare_sources, run_finetune
 from replaytune.schedule import GENERIC, TARGET
@@ -99,6 +99,6 @@ __all__ = [
     "DEFAULT_EPOCHS", "DEFAULT_LR", "DEFAULT_REPLAY_FRACTION", "DEFAULT_VAL", "GENERIC", "MARKER", "SUMMARY", "TARGET",
     "UNITS", "FinetuneConfig", "FinetuneResult", "FinetuneTrainer", "ReplayPlan", "Source", "SourceArg",
     "build_run_config", "check_model", "check_store_tokenizer", "detect_kind", "label", "load_config",
-    "load_tokenizer", "plan_for", "plan_replay", "prepare_sources", "realised_units", "resolve_sources", "run_finetune",
+    "model_tokenizer", "plan_for", "plan_replay", "prepare_sources", "realised_units", "resolve_sources", "run_finetune",
     "sequence_units", "source_names", "split_weight",
 ]

@@ -14,7 +14,8 @@ from replaytune.finetune.config import FinetuneConfig, label
 
 def check_model(cfg: FinetuneConfig) -> None:
     """A model path that cannot be a model fails here, before any data is tokenized."""
-    from replaytune.model import _looks_like_path, check_4bit
+    from replaytune.hub import looks_like_path
+    from replaytune.model import check_4bit
 
     if cfg.load_in_4bit:
         from replaytune.train.distributed import resolve_device
@@ -22,7 +23,7 @@ def check_model(cfg: FinetuneConfig) -> None:
         check_4bit(resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0))))
     local = Path(cfg.model).expanduser()
     if not local.exists():
-        if _looks_like_path(cfg.model):
+        if looks_like_path(cfg.model):
             raise DataError(f"model {cfg.model}: no such file or directory; give a saved model folder, a .gguf file or a hub id")
         from replaytune.hub import require_hub
 
@@ -58,7 +59,7 @@ def check_vocab_early(cfg: FinetuneConfig, tok) -> None:
         )
 
 
-def load_tokenizer(cfg: FinetuneConfig):
+def model_tokenizer(cfg: FinetuneConfig):
     """The model's tokenizer (or ``cfg.tokenizer``); GGUF models carry theirs in the file."""
     from replaytune.data.tokenizer import load_tokenizer as load
 

@@ -106,6 +106,9 @@ class SourceArg(Frozen):
         None, gt=0, description="Held-out documents: a fraction (< 1) or a count (>= 1); default 0.05 target, 0.01 replay."
     )
 
+    packing: Literal["auto", "bfd", "wrapped"] = Field("auto", description=(
+        "auto: chat/instruction examples packed whole (bfd) into windows of seq_len tokens, text wrapped."))
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value):
@@ -177,7 +180,8 @@ class FinetuneConfig(Frozen):
     name: str = "finetune"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "fp32", "bf16"] = Field("auto", description="Compute precision: auto is bf16 autocast on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute precision: auto is bf16 autocast on GPU (fp16 + gradient scaler without bf16), fp32 on CPU.")
     weights_dtype: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Frozen base weights (LoRA): auto is bf16 when computing in bf16. Trainable weights stay fp32."
     )
@@ -187,6 +191,17 @@ class FinetuneConfig(Frozen):
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE for the underlying run config (--set).")
     report_to: list[ReportTo] = Field(default_factory=list, description="Trackers to log to.")
     progress: bool = True
+    save_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype of the saved model: auto is the base model's own (fp32 when it names none).")
+    push_to_hub: bool = Field(False, description="Upload OUT's model files to the hub repository hub_model_id.")
+    hub_model_id: str | None = Field(None, description="OWNER/NAME of the hub repository (push_to_hub).")
+    hub_private_repo: bool = Field(False, description="Create the hub repository private.")
+
+    @model_validator(mode="after")
+    def _hub_repository(self):
+        if self.push_to_hub and not self.hub_model_id:  # refused before training, not after it
+            raise ValueError("push_to_hub needs hub_model_id OWNER/NAME (--hub_model_id)")
+        return self
 
     @field_validator("lora", mode="before")
     @classmethod

@@ -38,7 +38,7 @@ from replaytune.finetune.checks import (
     check_model,
     check_store_tokenizer,
     check_vocab_early,
-    load_tokenizer,
+    model_tokenizer,
     one_candidate,
 )
 from replaytune.finetune.config import (
@@ -54,6 +54,8 @@ from replaytune.finetune.evaluate import check_eval_tasks, held_out_report
 from replaytune.finetune.outputs import (
     finalize_model,
     model_card,
+    publish_outputs,
+    push,
     save_tokenizer,
     short_stats,
 )
@@ -91,7 +93,7 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
         store, stats = prepare(
             src.spec(cfg.strict), tok, out / "data" / role, seed=cfg.seed, max_length=max_length,
             chat_template=cfg.chat_template, skip_invalid=cfg.skip_invalid, progress=cfg.progress, **src.val(),
-            max_tokens=cap,
+            max_tokens=cap, packing=None if src.arg.packing == "auto" else src.arg.packing, seq_len=cfg.seq_len,
         )
         log(format_stats(f"{role} ({src.arg.path})", stats, store.path))
         result[role] = (store, stats)
@@ -155,7 +157,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     cfg = one_candidate(cfg, say)
     check_extras(cfg)
     check_model(cfg)
-    tok = load_tokenizer(cfg)
+    tok = model_tokenizer(cfg)
     check_vocab_early(cfg, tok)
     sources = resolve_sources(cfg)
     template = None
@@ -248,8 +250,14 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         for folder in ("model", "adapter"):
             if (out / folder).is_dir():
                 write_text(out / folder / "README.md", model_card(result.summary, result.report, folder))
+        top = publish_outputs(cfg, out)
+        result.summary["top_level"] = top["files"]  # OUT itself loads (finetune/outputs.py)
+        result.summary["save_dtype"] = top["dtype"]
         write_json(out / SUMMARY, result.summary)  # last: marks the fine-tune finished
-        say(f"outputs in {out}: " + ", ".join(f"{k} {v}" for k, v in outputs.items()))
+        say(f"outputs in {out}: " + ", ".join(f"{k} {v}" for k, v in outputs.items())
+            + f"; from_pretrained({out}) loads the {'model' if (out / 'model').is_dir() else 'adapter'}")
+        if cfg.push_to_hub:
+            say(f"pushed to {push(out, cfg.hub_model_id, private=cfg.hub_private_repo, files=top['files'])}")
     dist.barrier()
     return result
 

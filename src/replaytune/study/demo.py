@@ -63,7 +63,7 @@ def find_corpora(work: Path, generic: str | None, targets: list[str] | None) -> 
     else:
         gpath = work / "generic-manpages.jsonl"
         if not gpath.exists():
-            info = corpora.man_pages(gpath, max_bytes=GENERIC_BYTES, flag="--generic PATH")
+            info = corpora.generic_text(gpath, max_bytes=GENERIC_BYTES, flag="--generic PATH")
             lines.append("generic: " + info.summary())
         else:
             lines.append(f"generic: man pages (cached at {gpath})")

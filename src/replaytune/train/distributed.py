@@ -55,15 +55,21 @@ def resolve_device(pref: str, local_rank: int = 0) -> str:
 
 
 def resolve_precision(dtype: str, device: str) -> str:
-    """fp32 on CPU (bf16 autocast is ~12x slower on the project's CPUs), bf16 autocast on GPU."""
-    if dtype != "auto":
-        return dtype
+    """fp32 on CPU (bf16 autocast is ~12x slower on the project's CPUs), bf16 autocast on GPU, fp16 autocast
+    (the loop adds a gradient scaler) on a GPU without bf16 or when asked; fp16 on CPU is refused."""
+    import torch
+
     dev = device
     if dev in ("auto", "cuda"):
-        import torch
-
         dev = "cuda" if torch.cuda.is_available() else "cpu"
-    return "bf16" if str(dev).startswith("cuda") else "fp32"
+    gpu = str(dev).startswith("cuda")
+    if dtype == "fp16" and not gpu:
+        raise ConfigError("dtype fp16 (with a gradient scaler) is for GPUs without bf16 (T4, V100); on CPU use fp32")
+    if dtype != "auto":
+        return dtype
+    if not gpu:
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"  # fp16 + GradScaler where bf16 is missing
 
 
 @dataclass
@@ -154,8 +160,9 @@ def autocast(device: str, precision: str):
     """bf16 autocast where asked (weights stay fp32: the paper's 'params fp32, compute bf16')."""
     import torch
 
-    if precision == "bf16":
-        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    if precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
     return contextlib.nullcontext()
 
 

@@ -42,8 +42,8 @@ import numpy as np
 
 from replaytune.config import RunConfig, dump_yaml
 from replaytune.data.mixture import shard
-from replaytune.errors import ReplaytuneError
-from replaytune.model import build_model, is_peft, load_tokenizer, save_model
+from replaytune.errors import ConfigError, ReplaytuneError
+from replaytune.model import build_model, is_peft, save_model, tokenizer_to_save
 from replaytune.train import checkpoint as ck
 from replaytune.train.distributed import autocast, full_state_dict, resolve_precision, setup, sync_context, teardown, wrap
 from replaytune.data.window import IGNORE, windows
@@ -203,6 +203,10 @@ class Trainer:
         self.trainable_only = is_peft(self.model)
         self.wrapped = wrap(self.model, dist, cfg.parallel, self.precision, compile=cfg.compile)
         self.optimizer = make_optimizer(self.model, cfg.optim)
+        if self.precision == "fp16" and self.sharded:
+            raise ConfigError("dtype fp16 with FSDP is not supported (its gradient scaler differs); use --parallel ddp or bf16")
+        # fp16: a dynamic loss scale (torch.amp.GradScaler); its scale restarts at resume
+        self.scaler = torch.amp.GradScaler(dist.device.split(":")[0], enabled=self.precision == "fp16")
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.head = chunked_head(self.model, cfg.loss, sharded=self.sharded)  # None: full logits
         self.execution = {"world": dist.world, "micro_batch_size": cfg.data.micro_batch_size, "parallel": cfg.parallel, "compile": cfg.compile,
@@ -374,7 +378,7 @@ class Trainer:
                 with autocast(dev, self.precision):
                     total, per_seq = forward_losses(self.wrapped, xt[lo:hi], yt[lo:hi], head=self.head,
                                                     position_ids=None if pt is None else pt[lo:hi])
-                (total * scale).backward()
+                self.scaler.scale(total * scale).backward()
             seq_loss[lo:hi] = per_seq
         k = len(plan.sources)
         stats = torch.zeros(2 * k, dtype=torch.float64, device=dev)
@@ -382,13 +386,15 @@ class Trainer:
         stats[k:].index_add_(0, src_t, tok_seq.double())
         dist.all_reduce_sum(stats)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         stats = stats.cpu().numpy()
         loss = float(stats[:k].sum() / max(stats[k:].sum(), 1.0))
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            self._diverged(s, loss, norm, lr)
-        self.optimizer.step()
+        if not (math.isfinite(loss) and (math.isfinite(norm) or self.scaler.is_enabled())):
+            self._diverged(s, loss, norm, lr)  # fp16: an overflowing step is skipped by the scaler instead
+        self.scaler.step(self.optimizer)  # optimizer.step() unless fp16
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.train_time += time.perf_counter() - t0
         self.acc["time"] += time.perf_counter() - t0
@@ -547,7 +553,7 @@ class Trainer:
         candidates = [cfg.model.tokenizer, next(iter(self.stores.values())).tokenizer_path, cfg.model.pretrained]
         for path in candidates:
             if path and Path(path).expanduser().exists():
-                tok = load_tokenizer(path)
+                tok = tokenizer_to_save(path)
                 if tok is not None:
                     return tok
         return None
