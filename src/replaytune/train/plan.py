@@ -122,6 +122,13 @@ class RunPlan:
         sizes = {}
         # mixture id i of a source is its training sequence first + i
         self.first = {name: cfg.data.sources[name].first for name in self.stores}
+        # data.sources.<name>.draw: mixture id i reads training sequence order[first + i], where
+        # order is a permutation of all the store's training sequences seeded by ``draw``
+        self.draw = {name: cfg.data.sources[name].draw for name in self.stores}
+        self._order = {
+            name: np.random.default_rng(d).permutation(self.stores[name].train.num_sequences(self.seq_len))
+            for name, d in self.draw.items() if d is not None
+        }
         for name, store in self.stores.items():
             available = store.train.num_sequences(self.seq_len) - self.first[name]
             limit = cfg.data.sources[name].sequences
@@ -189,6 +196,13 @@ class RunPlan:
         b = p.mixture.global_batch(ps)
         return b, self._index[p.index][b.source_index]
 
+    def train_ids(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """The store's training sequence ids of mixture ids ``ids`` of source ``name``
+        (``first + id``, through the seeded shuffle when the source has a ``draw``)."""
+        k = np.asarray(ids, dtype=np.int64) + self.first[name]
+        order = self._order.get(name)
+        return k if order is None else order[k]
+
     def sequences_seen(self, completed: int) -> dict[str, int]:
         """Training sequences drawn from each source by the first ``completed`` updates."""
         out = {name: 0 for name in self.sources}
@@ -231,7 +245,9 @@ class RunPlan:
         # and offset: a pre-training step on generic data is the same step in a run whose
         # target is Python and in one whose target is Basque (they share that prefix).
         drawn = np.unique(src)  # sorted
-        names = [[self.sources[i], self.stores[self.sources[i]].fingerprint, self.first[self.sources[i]]] for i in drawn.tolist()]
+        names = [[self.sources[i], self.stores[self.sources[i]].fingerprint, self.first[self.sources[i]]]
+                 + ([self.draw[self.sources[i]]] if self.draw[self.sources[i]] is not None else [])
+                 for i in drawn.tolist()]
         local = np.searchsorted(drawn, src)
         digest = _hash(names, np.ascontiguousarray(local, dtype="<i8").tobytes(), np.ascontiguousarray(batch.ids, dtype="<i8").tobytes())
         return {"reset": self.reset_at(step), "lr": self.lr_at(step), "batch": digest[:16]}
