@@ -334,11 +334,12 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         key = (r.get("setting"), _num(r.get("rho"), 0.0), _num(r.get("alpha"), 1.0), r.get("lr"), r.get("x"))
         g = groups.setdefault(key, {
             "setting": key[0], "rho": key[1], "alpha": key[2], "lr": key[3], "x": key[4],
-            "names": [], "seeds": [], "target_losses": [], "generic_losses": [], "runs": [],
+            "names": [], "seeds": [], "target_losses": [], "target_vals": [], "generic_losses": [], "runs": [],
         })
         g["names"].append(r.get("name"))
         g["seeds"].append(r.get("seed"))
         g["target_losses"].append(float(r["target_loss"]))
+        g["target_vals"].append(None if r.get("target_val") is None else float(r["target_val"]))
         if r.get("generic_loss") is not None:
             g["generic_losses"].append(float(r["generic_loss"]))
         g["runs"].append(r)
@@ -346,6 +347,9 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for g in groups.values():
         t = np.asarray(g["target_losses"])
         g["target_loss"] = float(t.mean())
+        # validation losses (the first half of the held-out set) make the choices when every seed has one
+        vals = g["target_vals"]
+        g["target_val"] = float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
         g["target_std"] = float(t.std(ddof=1)) if t.size > 1 else None
         gl = np.asarray(g["generic_losses"])
         g["generic_loss"] = float(gl.mean()) if gl.size else None
@@ -357,12 +361,20 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def choice_loss(g: Mapping[str, Any]) -> float:
+    """The loss a choice (LR, best configuration) is made on: the mean validation loss when the
+    runs have one (``target_val``), else the reported loss itself."""
+    v = g.get("target_val")
+    return float(g["target_loss"] if v is None else v)
+
+
 def _best(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return min(groups, key=lambda g: g["target_loss"]) if groups else None
+    return min(groups, key=choice_loss) if groups else None
 
 
 def best_per(groups: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Any]) -> dict[Any, dict[str, Any]]:
-    """The group with the lowest mean target loss for each ``key(group)``, keys in first-seen order.
+    """The group with the lowest mean target loss for each ``key(group)``, keys in first-seen order
+    (the validation loss where the runs have one: :func:`choice_loss`).
 
     With ``key = (rho, alpha)`` over the groups of one setting this is "the best LR of each
     configuration", the paper's choice (ties keep the first group seen).
@@ -370,7 +382,7 @@ def best_per(groups: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, An
     out: dict[Any, dict[str, Any]] = {}
     for g in groups:
         k = key(g)
-        if k not in out or g["target_loss"] < out[k]["target_loss"]:
+        if k not in out or choice_loss(g) < choice_loss(out[k]):
             out[k] = g  # type: ignore[assignment]
     return out
 
@@ -516,13 +528,79 @@ def compare(
                 curves[name]["error"] = str(exc)
         c = curves[name]
         if "fit" in c:
-            entry = compare_best(c["fit"], runs, resamples=resamples, seed=seed, level=level, only=key)[key]
-            assert entry is not None
+            entry = None
+            try:
+                entry = paired_entry(runs, key, name, pick, level)
+            except FitError as exc:
+                c.setdefault("paired_error", str(exc))
+            if entry is None:  # no seed has every arm and reference point: the unpaired bootstrap
+                entry = compare_best(c["fit"], runs, resamples=resamples, seed=seed, level=level, only=key)[key]
+                assert entry is not None
+                entry.update(paired=False, level=level, seeds=min(len(entry["method"]["seeds"]), len(entry["baseline"]["seeds"])),
+                             interval_method="percentile bootstrap, unpaired" if resamples > 0 else None,
+                             interpolated=None, bracket_multiplier=None)
+            else:
+                c.update(kind=entry["kind"], slope_per_doubling=entry["slope_per_doubling"], intercept=entry["intercept"])
         else:
             entry = {**pick, "multiplier": None, "interval": None, "method_x": None, "baseline_x": None,
                      "bootstrap": None, "error": c["error"]}
         out[key] = {**entry, "reference": name}
     return out, curves
+
+
+def _label(g: Mapping[str, Any]) -> str:
+    return f"rho={g['rho']:g}" + (f", alpha={g['alpha']:g}" if g["setting"] == "midtrain" else "")
+
+
+def paired_entry(runs: Sequence[Mapping[str, Any]], key: str, curve_name: str, pick: Mapping[str, Any],
+                 level: float) -> dict[str, Any] | None:
+    """One comparison by :func:`replaytune.paired.analyse` over the seeds that ran every arm,
+    the baseline and every reference point; None when fewer than 2 seeds did.
+
+    Arms: every candidate configuration of the comparison at its best LR (on validation
+    losses); the best arm is chosen on validation losses inside the analysis; reference points:
+    the best LR of each x of the curve. Reported losses are the runs' ``target_loss``.
+    """
+    from replaytune import paired
+
+    main = group_runs(_main(runs))
+    base = pick["baseline"]
+    setting = base["setting"]
+    zero = lambda v: abs(v) < _TOL  # noqa: E731
+    one = lambda v: abs(v - 1.0) < _TOL  # noqa: E731
+    mine = [g for g in main if g["setting"] == setting and g["x"] == base["x"]]
+    if key == "finetune_replay":
+        cands = [g for g in mine if not zero(g["rho"])]
+    elif key == "midtrain_replay":
+        cands = [g for g in mine if one(g["alpha"]) and not zero(g["rho"])]
+    else:
+        cands = [g for g in mine if not (zero(g["rho"]) and one(g["alpha"]))]
+    arms = {_label(g): g for g in best_per(cands, lambda g: (g["rho"], g["alpha"])).values()}
+    if curve_name == "uniform":
+        refs = best_per([g for g in group_runs(runs) if g["setting"] == "reference"], lambda g: g["x"])
+    else:
+        refs = best_per([g for g in group_runs(runs) if g["setting"] == curve_name and zero(g["rho"])
+                         and (curve_name == "finetune" or one(g["alpha"]))], lambda g: g["x"])
+    if len(refs) < 3 or not arms:
+        return None
+    by_seed = lambda g: dict(zip(g["seeds"], g["target_losses"]))  # noqa: E731
+    has_val = all(g["target_val"] is not None for g in arms.values())
+    val_of = (lambda g: dict(zip(g["seeds"], g["target_vals"]))) if has_val else None  # noqa: E731
+    design = paired.design_from_groups({float(x): g for x, g in refs.items()}, base, float(base["x"] if base["x"] is not None else "nan"), arms, by_seed, val_of)
+    if len(design.seeds) < paired.MIN_SEEDS:
+        return None
+    r = paired.analyse(design, level)
+    best = arms[r["best"]]
+    return {
+        "method": best, "baseline": base, "candidates": len(arms), "method_x": r["method_x"],
+        "baseline_x": r["baseline_x"], "multiplier": r["multiplier"], "interval": r["interval"], "bootstrap": None,
+        "level": level, "interval_method": r["interval_method"], "paired": True, "seeds": r["seeds"],
+        "interpolated": r["interpolated"], "bracket_multiplier": r["bracket_multiplier"], "kind": r["kind"],
+        "slope_per_doubling": r["slope_per_doubling"], "intercept": r["intercept"], "x_range": r["x_range"],
+        "chosen_on": "validation" if has_val else "test (no validation losses)",
+        "arms": {n: {k: v for k, v in a.items()} | {"lr": arms[n]["lr"], "name": arms[n]["name"]}
+                 for n, a in r["arms"].items()},
+    }
 
 
 def compare_best(

@@ -66,7 +66,12 @@ class MidtrainGrid(_Frozen):
         "the others run with the first seed only."
     )
     lr: float = Field(3e-3, gt=0, description="Peak LR of the single WSD schedule.")
-    decay: float = 0.1
+    lrs: list[float] | None = Field(
+        None, description="Peak LRs tried on the baseline (rho = 0, alpha = 1) only, as the paper tunes it; every "
+        "other mid-training run (and mid-training reference point) then runs at the one with the lowest mean "
+        "validation loss. Default: `lr` alone.")
+    decay: float = Field(0.1, gt=0, lt=1, description="Cooldown: the WSD schedule's final linear decay, as a fraction "
+                         "of the run.")
     warmup: float = 0.01
 
 
@@ -95,8 +100,14 @@ class StudyConfig(_Frozen):
     target_batches: int = Field(1, ge=1, description="Unique target data T of the method runs, in batches.")
     seeds: list[int] = Field(
         [0], description="Seeds: seed s uses the s-th disjoint draw of unique target data (and its own fine-tuning "
-        "order); fine-tuning runs and mid-training runs with alpha in midtrain.seed_alphas use them all."
+        "order), shared by every arm and every reference point of that seed; fine-tuning runs and mid-training runs "
+        "with alpha in midtrain.seed_alphas use them all."
     )
+    draw: int | None = Field(
+        0, ge=0, description="Seed of the shuffle of the target's training sequences from which every seed takes "
+        "its own disjoint block (seed s: sequences s * n to s * n + n of the shuffle, n the most any run of the "
+        "study uses), so nested amounts of data of one seed share their sequences; null: blocks of the store's "
+        "order (neighbouring documents of sorted files).")
     pretrain: PretrainSpec = PretrainSpec()
     finetune: FinetuneGrid | None = FinetuneGrid()
     midtrain: MidtrainGrid | None = MidtrainGrid()
@@ -121,7 +132,22 @@ def _lr(peak: float, kind: str, warmup: float, decay: float = 0.1, warmup_steps:
     return out
 
 
+def _block(study: StudyConfig) -> int:
+    """Sequences of one seed's block of unique target data: the most any run of the study uses."""
+    xs = [study.target_batches] + (list(study.reference.target_batches) if study.reference is not None else [])
+    return max(max(1, int(round(x * study.batch_size))) for x in xs)
+
+
+def _first(study: StudyConfig, seed: int, n: int) -> int:
+    """First sequence of seed ``seed``'s draw of ``n`` sequences: its own block of the shuffle
+    (with ``draw``), else the s-th run of n sequences of the store's order."""
+    return seed * (_block(study) if study.draw is not None else n)
+
+
 def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) -> dict[str, Any]:
+    target = {"store": study.target_store, "sequences": target_sequences, "first": first}
+    if study.draw is not None:
+        target["draw"] = study.draw
     return {
         "name": name,
         "model": study.model.model_dump(mode="json", exclude_none=True),
@@ -129,7 +155,7 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
             "seq_len": study.seq_len,
             "batch_size": study.batch_size,
             "sources": {
-                study.target_name: {"store": study.target_store, "sequences": target_sequences, "first": first},
+                study.target_name: target,
                 study.generic_name: {"store": study.generic_store},
             },
         },
@@ -139,8 +165,20 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
     }
 
 
-def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
-    """[(labels, run config)]: labels carry setting, rho, alpha, lr, x, seed for results."""
+def midtrain_lrs(study: StudyConfig) -> list[float]:
+    """The mid-training peak LRs the baseline is tuned over (``midtrain.lrs``, else ``lr`` alone)."""
+    mt = study.midtrain or MidtrainGrid()
+    return list(mt.lrs) if mt.lrs else [mt.lr]
+
+
+def build_runs(study: StudyConfig, midtrain_lr: float | None = None) -> list[tuple[dict[str, Any], RunConfig]]:
+    """[(labels, run config)]: labels carry setting, rho, alpha, lr, x, seed for results.
+
+    With several ``midtrain.lrs`` and no ``midtrain_lr``: the first stage of the study, every
+    run that does not depend on the mid-training LR plus the mid-training baseline (rho = 0,
+    alpha = 1) at every LR, the runs that choose it. With ``midtrain_lr``: the whole study,
+    every mid-training run at that LR (:func:`run_studies` runs the new ones after the choice).
+    """
     runs: list[tuple[dict[str, Any], RunConfig]] = []
     N, T = study.steps, study.target_batches
     pre = study.pretrain
@@ -158,23 +196,32 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
                     labels = {"setting": "finetune", "rho": rho, "alpha": None, "lr": lr, "x": T, "seed": seed,
                               "switch_step": cfg.phases[0].steps}
                     runs.append((labels, cfg))
+    lrs = midtrain_lrs(study)
+    tuning = midtrain_lr is None and len(lrs) > 1
+    mt_lr = lrs[0] if midtrain_lr is None else midtrain_lr
     if study.midtrain is not None:
         mt = study.midtrain
         gamma = T * mt.epochs / N
         all_seeds = mt.seeds if mt.seeds is not None else study.seeds
         for alpha in mt.alpha:
             for rho in mt.replay:
+                base = rho == 0.0 and alpha == 1.0
+                if tuning and not base:
+                    continue
                 switch = sched.two_stage(N, gamma, rho, alpha).switch_step
                 seeds = all_seeds if alpha in mt.seed_alphas else all_seeds[:1]
-                for seed in seeds:
-                    # seeds draw other unique target data; Stage 1 batches stay the same, so the
-                    # alpha = 1 runs of every seed still share their pure-generic Stage 1
-                    name = f"mt_rho{rho:g}_alpha{alpha:g}" + (f"_s{seed}" if len(seeds) > 1 else "")
-                    labels = {"setting": "midtrain", "rho": rho, "alpha": alpha, "lr": mt.lr, "x": T, "seed": seed,
-                              "switch_step": switch}
-                    runs.append((labels, _midtrain_run(study, name, T, rho, alpha, seed, warm, dense=seed == seeds[0])))
+                for lr in (lrs if tuning else [mt_lr]):
+                    for seed in seeds:
+                        # seeds draw other unique target data; Stage 1 batches stay the same, so the
+                        # alpha = 1 runs of every seed still share their pure-generic Stage 1
+                        name = (f"mt_rho{rho:g}_alpha{alpha:g}" + (f"_lr{lr:g}" if len(lrs) > 1 else "")
+                                + (f"_s{seed}" if len(seeds) > 1 else ""))
+                        labels = {"setting": "midtrain", "rho": rho, "alpha": alpha, "lr": lr, "x": T, "seed": seed,
+                                  "switch_step": switch}
+                        runs.append((labels, _midtrain_run(study, name, T, rho, alpha, seed, warm,
+                                                           dense=seed == seeds[0], lr=lr)))
     if study.reference is not None:
-        runs += _reference_runs(study, warm)
+        runs += _reference_runs(study, warm, None if tuning else mt_lr)
     return runs
 
 
@@ -190,7 +237,7 @@ def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float
                                   f"than the budget {N}")
     n = max(1, int(round(x * B)))
     # seed s: the s-th disjoint draw of unique target data, and its own fine-tuning order
-    d = _base(study, name, n, first=seed * n)
+    d = _base(study, name, n, first=_first(study, seed, n))
     d["phases"] = [
         {"name": "pretrain", "steps": N - plan.steps, "constant": study.generic_name,
          "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)},
@@ -216,16 +263,16 @@ def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float
 
 
 def _midtrain_run(study: StudyConfig, name: str, x: float, rho: float, alpha: float, seed: int, warm: int,
-                  dense: bool = False, epochs: float | None = None) -> RunConfig:
+                  dense: bool = False, epochs: float | None = None, lr: float | None = None) -> RunConfig:
     """One WSD run of N steps: gamma = x * E / N of it target data, the two-stage schedule."""
     mt = study.midtrain or MidtrainGrid()
     E = mt.epochs if epochs is None else epochs
     n = max(1, int(round(x * study.batch_size)))
-    d = _base(study, name, n, first=seed * n)
+    d = _base(study, name, n, first=_first(study, seed, n))
     d["phases"] = [{"name": "midtrain", "steps": study.steps,
                     "two_stage": {"gamma": x * E / study.steps, "replay": rho, "alpha": alpha,
                                   "target": study.target_name, "generic": study.generic_name},
-                    "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
+                    "lr": _lr(mt.lr if lr is None else lr, "wsd", mt.warmup, mt.decay, warm)}]
     switch = sched.two_stage(study.steps, x * E / study.steps, rho, alpha).switch_step
     at: set[int] = set()
     if study.replay_search and alpha == 1.0 and epochs is None:  # the search's rungs, as fractions of Stage 2
@@ -239,7 +286,7 @@ def _midtrain_run(study: StudyConfig, name: str, x: float, rho: float, alpha: fl
     return validate(d, f"study run {name}")
 
 
-def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any], RunConfig]]:
+def _reference_runs(study: StudyConfig, warm: int, mt_lr: float | None = None) -> list[tuple[dict[str, Any], RunConfig]]:
     """The reference curve(s) for the efficiency fit (README, "Data efficiency").
 
     uniform: one run per (x, seed), target mixed uniformly at gamma = x * E / N under the
@@ -248,6 +295,7 @@ def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any],
     and N - x * E of pre-training) and the mid-training baseline (rho = 0, alpha = 1, Stage 2
     of the baseline's T * E steps holding x batches) at every x other than the study's own T,
     whose runs are already there; labelled ``reference: true`` so they are never picked as methods.
+    ``mt_lr``: the mid-training peak LR (None while it is being chosen: no run that needs it).
     """
     ref, N, T = study.reference, study.steps, study.target_batches
     assert ref is not None
@@ -260,13 +308,15 @@ def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any],
         for seed in seeds:
             tag = f"_s{seed}" if len(seeds) > 1 else ""
             if ref.family == "uniform":
+                if mt_lr is None:
+                    continue
                 name = f"ref_x{x:g}{tag}"
                 n = max(1, int(round(x * study.batch_size)))
-                d = _base(study, name, n, first=seed * n)
-                lr = _lr(mt.lr, ref.schedule, mt.warmup, mt.decay, warm if ref.schedule == "wsd" else None)
+                d = _base(study, name, n, first=_first(study, seed, n))
+                lr = _lr(mt_lr, ref.schedule, mt.warmup, mt.decay, warm if ref.schedule == "wsd" else None)
                 d["phases"] = [{"name": "reference", "steps": N, "uniform": {
                     "gamma": x * mt.epochs / N, "target": study.target_name, "generic": study.generic_name}, "lr": lr}]
-                labels = {"setting": "reference", "rho": None, "alpha": None, "lr": mt.lr, "x": x, "seed": seed,
+                labels = {"setting": "reference", "rho": None, "alpha": None, "lr": mt_lr, "x": x, "seed": seed,
                           "switch_step": None}
                 out.append((labels, validate(d, f"study run {name}")))
                 continue
@@ -279,15 +329,15 @@ def _reference_runs(study: StudyConfig, warm: int) -> list[tuple[dict[str, Any],
                     labels = {"setting": "finetune", "rho": 0.0, "alpha": None, "lr": lr, "x": x, "seed": seed,
                               "switch_step": cfg.phases[0].steps, "reference": True}
                     out.append((labels, cfg))
-            if study.midtrain is not None:
+            if study.midtrain is not None and mt_lr is not None:
                 # Stage 2 keeps the baseline's length (T * E steps) and holds x batches of unique
                 # data, seen E * T / x times: at a fixed E, Stage 2 would grow with x, and a longer
                 # pure stage at the peak LR memorizes its data (measured at CPU scale: x = 4, 128
                 # steps, train loss 0.05 and held-out 6.6-7.2 against 4.9 at x = 1)
                 name = f"mtref_x{x:g}{tag}"
-                cfg = _midtrain_run(study, name, x, 0.0, 1.0, seed, warm, epochs=mt.epochs * T / x)
+                cfg = _midtrain_run(study, name, x, 0.0, 1.0, seed, warm, epochs=mt.epochs * T / x, lr=mt_lr)
                 switch = sched.two_stage(N, T * mt.epochs / N, 0.0, 1.0).switch_step
-                labels = {"setting": "midtrain", "rho": 0.0, "alpha": 1.0, "lr": mt.lr, "x": x, "seed": seed,
+                labels = {"setting": "midtrain", "rho": 0.0, "alpha": 1.0, "lr": mt_lr, "x": x, "seed": seed,
                           "switch_step": switch, "reference": True}
                 out.append((labels, cfg))
     return out
@@ -303,15 +353,46 @@ def _final(record: dict[str, Any], source: str) -> float | None:
     return None if val is None or not math.isfinite(val) else float(val)
 
 
-def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out_dir: Path) -> dict[str, Any]:
-    """Build results.json content from the run directories' record.json files."""
+def _reported(record: dict[str, Any], source: str) -> float | None:
+    """The reported loss: the test half of the held-out set where the run split it (``eval.split``)."""
+    ev = (record.get("final") or {}).get("eval", {})
+    return _final(record, f"{source}/test" if f"{source}/test" in ev else source)
+
+
+def data_fingerprint(stores: list[str | Path]) -> str:
+    """A short digest of the prepared training and held-out tokens of every store (in the order
+    given): two results with the same fingerprint were computed on the same token streams."""
+    import hashlib
+
+    import numpy as np
+
+    from replaytune.data.store import open_store
+
+    h = hashlib.sha256()
+    for path in stores:
+        store = open_store(path)
+        for split in (store.train, store.val):
+            tokens = np.ascontiguousarray(split.tokens)
+            h.update(str(tokens.dtype).encode() + str(tokens.size).encode())
+            h.update(memoryview(tokens).cast("B"))
+    return h.hexdigest()[:12]
+
+
+def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out_dir: Path,
+            extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build results.json content from the run directories' record.json files.
+
+    ``target_loss`` and ``generic_loss`` are the reported losses (the test half of the held-out
+    set where runs split it), ``target_val`` the validation half that choices are made on.
+    """
     rows = []
     for labels, run_dir in labelled:
         record = rundir.read_record(run_dir)
         rows.append({
             "name": record.get("name", run_dir.name), **labels,
-            "target_loss": _final(record, study.target_name),
-            "generic_loss": _final(record, study.generic_name),
+            "target_loss": _reported(record, study.target_name),
+            "target_val": _final(record, f"{study.target_name}/val"),
+            "generic_loss": _reported(record, study.generic_name),
             "run_dir": os.path.relpath(run_dir, out_dir),
             "wall_time_s": record.get("wall_time_s"),
         })
@@ -319,15 +400,47 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
         "target_source": study.target_name, "generic_source": study.generic_name,
         "steps": study.steps, "batch_size": study.batch_size, "seq_len": study.seq_len,
         "target_batches": study.target_batches, "model": study.model.model_dump(mode="json", exclude_none=True),
-        "seeds": study.seeds,
+        "seeds": study.seeds, "draw": study.draw,
+        "held_out": "test half (choices on the validation half)" if study.eval.split else "one set (choices and reports)",
+        "data_fingerprint": data_fingerprint([study.target_store, study.generic_store]),
+        **(extra_meta or {}),
     }}
     family = study.reference.family if study.reference is not None else "uniform"
     results["meta"]["reference_family"] = family
     results.update(analyse(rows, family, level=study.reference.level if study.reference is not None else eff.LEVEL))
+    if study.midtrain is not None:
+        mt = study.midtrain
+        results["midtrain_geometry"] = midtrain_geometry(study.steps, study.target_batches * mt.epochs, mt.replay,
+                                                         mt.decay, math.ceil(study.pretrain.warmup * study.steps))
+        results["midtrain_geometry_paper"] = midtrain_geometry(1024, 32, PAPER["midtrain"]["replay"], 0.1,
+                                                               math.ceil(0.01 * 1024))
     if study.replay_search:
         results["replay_search"] = {s: replay_search(study, labelled, s, results.get("noise", {}))
                                     for s in ("finetune", "midtrain") if getattr(study, s) is not None}
     return results
+
+
+def midtrain_geometry(steps: int, target_steps: float, rhos: list[float], decay: float, warmup_steps: int,
+                      alpha: float = 1.0) -> list[dict[str, Any]]:
+    """Where Stage 2 sits in the WSD schedule, per rho: the LR window the target data gets.
+
+    Per row: ``switch_step``, ``stage2_steps``, ``lr_at_switch`` (over the peak), ``stage2_at_peak``
+    (share of Stage 2's steps at the peak LR, before the cooldown) and ``target_dose``, the
+    LR-weighted target steps ``sum over Stage 2 of lr/peak x (1 - rho)``. The paper (1024 steps,
+    32 target steps, 10 % cooldown = 102 steps) at rho = 0: switch 992, LR at switch 0.31 of the
+    peak, none of Stage 2 at the peak; a 512-step run with 32 target steps and the same 10 %
+    cooldown (51 steps) gives rho = r the paper's window of a larger rho.
+    """
+    rows = []
+    for rho in rhos:
+        plan = sched.two_stage(steps, target_steps / steps, rho, alpha)
+        f = [sched.lr_factor(k, steps, kind="wsd", decay=decay, warmup_steps=warmup_steps)
+             for k in range(plan.switch_step, steps)]
+        rows.append({"rho": rho, "switch_step": plan.switch_step, "stage2_steps": steps - plan.switch_step,
+                     "lr_at_switch": f[0] if f else None,
+                     "stage2_at_peak": sum(v >= 1.0 - 1e-12 for v in f) / len(f) if f else None,
+                     "target_dose": sum(f) * (1.0 - rho) * alpha})
+    return rows
 
 
 def replay_search(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], setting: str,
@@ -393,6 +506,11 @@ def analyse(rows: list[dict[str, Any]], family: str = "uniform", *, resamples: i
         entry: dict[str, Any] = {"x": c["xs"], "losses": c["losses"]}
         if "fit" in c:
             entry["fit"] = c["fit"].to_dict()
+            # "log-linear": A / x^B + C did not identify its asymptote (B tiny, C far below the
+            # data, or the bounded fallback); the multipliers come from L = a - b log2 x
+            for k in ("kind", "slope_per_doubling", "intercept", "paired_error"):
+                if k in c:
+                    entry[k] = c[k]
         else:
             entry["error"] = c["error"]  # a failed or refused fit is reported, never hidden
         curve_out[name] = entry
@@ -403,7 +521,14 @@ def analyse(rows: list[dict[str, Any]], family: str = "uniform", *, resamples: i
         k: None if v is None else {
             "reference": v["reference"], "method": v["method"]["name"], "baseline": v["baseline"]["name"],
             "candidates": v["candidates"], "method_x": v["method_x"], "baseline_x": v["baseline_x"],
-            "multiplier": v["multiplier"], "interval": v["interval"],
+            "multiplier": v["multiplier"], "interval": v["interval"], "level": v.get("level", level),
+            "interval_method": v.get("interval_method"), "paired": bool(v.get("paired", False)),
+            "seeds": v.get("seeds") if v.get("seeds") is not None else min(len(v["method"]["seeds"]), len(v["baseline"]["seeds"])),
+            "interpolated": v.get("interpolated"), "bracket_multiplier": v.get("bracket_multiplier"),
+            "fit": v.get("kind"), "slope_per_doubling": v.get("slope_per_doubling"), "x_range": v.get("x_range"),
+            "best_of": v["candidates"], "chosen_on": v.get("chosen_on"),
+            "method_loss": v["method"]["target_loss"], "baseline_loss": v["baseline"]["target_loss"],
+            "arms": v.get("arms"),
             **({"error": v["error"]} if v.get("error") else {}),
         }
         for k, v in comparisons.items()
@@ -480,31 +605,76 @@ def run_study(study: StudyConfig, out_dir: str | Path, *, share_prefixes: bool =
                        launcher=launcher, workers=workers, executor=executor)[0]
 
 
+def choose_midtrain_lr(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]]) -> tuple[float, dict[str, Any]]:
+    """The mid-training peak LR with the lowest mean validation target loss of the baseline
+    (rho = 0, alpha = 1) over its seeds, and the table it was chosen from."""
+    val = f"{study.target_name}/val"
+    means: dict[float, list[float]] = {}
+    for labels, run_dir in labelled:
+        if labels["setting"] == "midtrain" and labels["rho"] == 0.0 and labels["alpha"] == 1.0 and not labels.get("reference"):
+            rec = rundir.read_record(run_dir)
+            loss = _final(rec, val)
+            means.setdefault(labels["lr"], []).append(_final(rec, study.target_name) if loss is None else loss)
+    table = {lr: statistics.fmean(v) for lr, v in means.items() if v and all(x is not None for x in v)}
+    if not table:
+        raise sched.ScheduleError(f"study {study.name}: no finished mid-training baseline run to choose the peak LR from")
+    best = min(table, key=lambda lr: table[lr])
+    return best, {"chosen": best, "on": "validation" if study.eval.split else "held-out (no split)",
+                  "mean_loss": {f"{lr:g}": v for lr, v in table.items()}}
+
+
 def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *, share_prefixes: bool = True,
                 launcher=None, workers: int = 1, executor=None) -> list[dict[str, Any]]:
     """Several studies planned as one sweep, so that identical prefixes are computed once even
     across studies (two target domains share their generic pre-training), then one
     results.json per study in its own directory. ``launcher``, ``workers`` and ``executor``
-    choose where the runs execute (:func:`replaytune.sweep.execute`)."""
+    choose where the runs execute (:func:`replaytune.sweep.execute`).
+
+    A study with several ``midtrain.lrs`` runs in two sweeps: first everything that does not
+    depend on the mid-training LR plus the baseline at every LR; then, at the LR the baseline
+    chose on validation losses, the other mid-training runs and references.
+    """
     from replaytune import sweep
 
-    labelled_all: list[tuple[int, dict[str, Any], RunConfig]] = []
-    for i, (study, out_dir) in enumerate(studies):
-        labelled_all += [(i, labels, cfg) for labels, cfg in build_runs(study)]
-    # planning opens every store: a bad one is refused here, before anything is written
-    tasks = sweep.build_tasks([cfg for _, _, cfg in labelled_all], runs_dir, share_prefixes=share_prefixes)
+    first = [(study, out_dir, build_runs(study)) for study, out_dir in studies]
     for study, out_dir in studies:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
-    result = sweep.execute(tasks, launcher, workers=workers, executor=executor)
-    sweep.write_summary(Path(runs_dir), tasks, result)
-    compute = {"steps_alone": result.total_steps, "steps_computed": result.computed_steps,
-               "saved_fraction": result.saved_fraction}
+    labelled, total, computed = _sweep([(i, lab, cfg) for i, (_, _, runs) in enumerate(first) for lab, cfg in runs],
+                                       runs_dir, share_prefixes, launcher, workers, executor)
+    extra: dict[int, dict[str, Any]] = {}
+    second = []
+    for i, (study, _) in enumerate(studies):
+        if study.midtrain is not None and len(midtrain_lrs(study)) > 1:
+            lr, table = choose_midtrain_lr(study, [(lab, d) for j, lab, d in labelled if j == i])
+            extra[i] = {"midtrain_lr": table}
+            done = {str(d) for j, _, d in labelled if j == i}
+            second += [(i, lab, cfg) for lab, cfg in build_runs(study, midtrain_lr=lr)]
+            second = [(j, lab, cfg) for j, lab, cfg in second if j != i or str(Path(runs_dir) / sweep.run_key(cfg)) not in done]
+    if second:
+        more, t2, c2 = _sweep(second, runs_dir, share_prefixes, launcher, workers, executor)
+        labelled += more
+        total, computed = total + t2, computed + c2
+    compute = {"steps_alone": total, "steps_computed": computed,
+               "saved_fraction": 1.0 - computed / total if total else 0.0}
     out = []
     for i, (study, out_dir) in enumerate(studies):
-        mine = [(labels, t.run_dir) for (j, labels, _), t in zip(labelled_all, tasks) if j == i]
-        results = collect(study, mine, out_dir)
+        mine = [(labels, d) for j, labels, d in labelled if j == i]
+        results = collect(study, mine, out_dir, extra.get(i))
         results["compute"] = compute
         write_text(out_dir / "results.json", json.dumps(results, indent=2))
         out.append(results)
     return out
+
+
+def _sweep(items: list[tuple[int, dict[str, Any], RunConfig]], runs_dir: str | Path, share_prefixes: bool, launcher,
+           workers: int, executor) -> tuple[list[tuple[int, dict[str, Any], Path]], int, int]:
+    """Plan and run one sweep of (study index, labels, config); (labelled run dirs, steps alone, computed)."""
+    from replaytune import sweep
+
+    # planning opens every store: a bad one is refused here, before anything is written
+    tasks = sweep.build_tasks([cfg for _, _, cfg in items], runs_dir, share_prefixes=share_prefixes)
+    result = sweep.execute(tasks, launcher, workers=workers, executor=executor)
+    sweep.write_summary(Path(runs_dir), tasks, result)
+    return ([(i, labels, t.run_dir) for (i, labels, _), t in zip(items, tasks)], result.total_steps,
+            result.computed_steps)
