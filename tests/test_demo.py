@@ -1,6 +1,8 @@
 """The demo's set-up: corpus discovery, user files, and the study it builds (training is
 covered by tests/train; a full demo takes ~15 minutes and is measured in BENCHMARKS.md)."""
 
+import math
+
 import pytest
 
 from replaytune import demo
@@ -77,3 +79,35 @@ def test_quick_demo_studies_build_for_both_targets(tmp_path):
     for name, full in (("basque", True), ("python", False)):
         runs = build_runs(demo.demo_study(data, name, full=full, quick=True))
         assert runs and all(sum(p.build()[1] for p in cfg.phases) == 96 for _, cfg in runs)
+
+
+def test_headline_prints_the_fingerprint_the_geometry_and_every_arm_with_its_paired_interval():
+    from replaytune.study import PAPER, analyse, midtrain_geometry
+
+    rows = []
+    shared = {0: 0.05, 1: -0.03, 2: 0.0, 3: 0.02}  # a seed's luck, shared by all its runs
+    for s, e in shared.items():
+        for x in (0.5, 1.0, 2.0):  # the baseline recipe, 0.3 nats per doubling; x = 1 is the baseline itself
+            for lr, worse in ((3e-4, 0.0), (1e-3, 0.05)):
+                loss = 5.0 - 0.3 * math.log2(x) + e + worse
+                rows.append({"name": f"ft0_x{x:g}_lr{lr:g}_s{s}", "setting": "finetune", "rho": 0.0, "alpha": None,
+                             "lr": lr, "x": x, "seed": s, "target_loss": loss, "target_val": loss + 0.01,
+                             "generic_loss": 4.0, "reference": x != 1.0})
+        for lr, worse in ((3e-4, 0.0), (1e-3, 0.05)):  # rho = 0.75: worth 2^(0.15 / 0.3) = 1.41x
+            loss = 5.0 - 0.15 + e + worse
+            rows.append({"name": f"ft75_lr{lr:g}_s{s}", "setting": "finetune", "rho": 0.75, "alpha": None, "lr": lr,
+                         "x": 1.0, "seed": s, "target_loss": loss, "target_val": loss + 0.01, "generic_loss": 3.8})
+    results = {"runs": rows, "meta": {"data_fingerprint": "0123456789ab", "held_out": "test half"},
+               **analyse(rows, "baseline", level=0.9),
+               "midtrain_geometry": midtrain_geometry(512, 16, [0.0, 0.75], 0.1, 6),
+               "midtrain_geometry_paper": midtrain_geometry(1024, 32, PAPER["midtrain"]["replay"], 0.1, 11)}
+    c = results["efficiency"]["comparisons"]["finetune_replay"]
+    assert c["multiplier"] == pytest.approx(2 ** 0.5) and c["interval"] == pytest.approx([2 ** 0.5, 2 ** 0.5])
+    assert c["paired"] and c["seeds"] == 4 and c["fit"] == "log-linear" and c["interpolated"]
+    text = "\n".join(demo.headline(results))
+    assert "data fingerprint 0123456789ab" in text
+    assert "finetune (4 seeds" in text and "lr=0.0003" in text and "lr=0.001 " not in text  # the LR chosen on validation
+    assert "rho=0.75  496  0.31  0.00    2.7" not in text and "rho=0.75   448  1.00  0.22    9.8  |   896  1.00  0.21   19.4" in text
+    assert "fine-tuning replay   1.41x [1.41, 1.41]; between the measured points 1.41x" in text
+    assert "best of 1 arms, chosen on validation; log-linear fit, 0.300 nats per doubling" in text
+    assert demo.FAMILY in text and "paired seed jackknife" in text and "4 seeds, paired" in text

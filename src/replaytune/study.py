@@ -652,9 +652,15 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
             second += [(i, lab, cfg) for lab, cfg in build_runs(study, midtrain_lr=lr)]
             second = [(j, lab, cfg) for j, lab, cfg in second if j != i or str(Path(runs_dir) / sweep.run_key(cfg)) not in done]
     if second:
+        summary_path = Path(runs_dir) / "sweep.json"
+        before = json.loads(summary_path.read_text())
         more, t2, c2 = _sweep(second, runs_dir, share_prefixes, launcher, workers, executor)
         labelled += more
         total, computed = total + t2, computed + c2
+        after = json.loads(summary_path.read_text())  # one summary for both sweeps
+        write_text(summary_path, json.dumps({"runs": before["runs"] + after["runs"], "steps_alone": total,
+                                             "steps_computed": computed,
+                                             "compute_saved": 1.0 - computed / total if total else 0.0}, indent=2))
     compute = {"steps_alone": total, "steps_computed": computed,
                "saved_fraction": 1.0 - computed / total if total else 0.0}
     out = []
