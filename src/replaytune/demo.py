@@ -2,21 +2,28 @@
 
 What it does, all offline:
 
-1. finds real text: English man pages (generic, the "pre-training" domain), Python
-   standard-library source (a target far from man-page prose in form) and Basque UI strings
-   from the translation catalogs (a target in another language), or the files you give;
-2. trains one byte-level BPE tokenizer on a sample of all of them and prepares token stores;
-3. runs the study (:mod:`replaytune.study`) on the first target: fine-tuning with and without
-   replay at fixed total steps with a small LR grid and several fine-tuning seeds,
-   mid-training over rho x alpha, and uniform reference runs for the efficiency fit; the
-   second target gets the fine-tuning comparison (its pre-training is shared with the first:
-   the prefix planner sees identical generic-only steps);
-4. writes results.json, report.md and plots (the second target under ``DIR/<name>/``).
+1. finds real text: English man pages (generic, the "pre-training" domain) and Basque UI
+   strings from the translation catalogs (the target, a language the generic data lacks;
+   Python standard-library source where there are none), or the files you give;
+2. trains one byte-level BPE tokenizer on a sample of all of them and prepares token stores,
+   holding out 5 % of the generic documents and 30 % of the target's (512 held-out sequences
+   of each are evaluated: the first half validates every choice, the second half is the test
+   set every reported number comes from);
+3. runs the study (:mod:`replaytune.study`) on the first target with 4 seeds (disjoint random
+   draws of unique target data, each shared by every arm and reference point of its seed):
+   fine-tuning with and without replay at fixed total steps, each at 2 LRs; mid-training over
+   rho on the paper's LR window, its peak LR tuned on the rho = 0 baseline first; and each
+   setting's baseline repeated at 0.5 and 2 batches of unique data (the reference curves).
+   A further ``--target`` gets the fine-tuning comparison (its pre-training is shared with the
+   first: the prefix planner sees identical generic-only steps);
+4. writes results.json (paired multipliers, the mid-training geometry, a fingerprint of the
+   data), report.md and plots (a second target under ``DIR/<name>/``).
 
 Sizes were chosen by measurement on a 2-core CPU (see BENCHMARKS.md): Llama ``tiny``
 (hidden 128, 4 layers) with a 2048-token BPE, sequences of 128 tokens, batches of 16; the
 unique target data is one batch (16 sequences, 2,048 tokens), repeated for tens of epochs,
-a small fraction of the run's tokens as in the paper.
+a small fraction of the run's tokens as in the paper. docs/demo-protocol.md states the
+protocol and the prediction made before the first run on it.
 """
 
 from __future__ import annotations
