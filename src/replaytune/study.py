@@ -636,12 +636,13 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
     """
     from replaytune import sweep
 
-    first = [(study, out_dir, build_runs(study)) for study, out_dir in studies]
+    first = [(i, lab, cfg) for i, (study, _) in enumerate(studies) for lab, cfg in build_runs(study)]
+    # planning opens every store: a bad one is refused here, before anything is written
+    tasks = sweep.build_tasks([cfg for _, _, cfg in first], runs_dir, share_prefixes=share_prefixes)
     for study, out_dir in studies:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
-    labelled, total, computed = _sweep([(i, lab, cfg) for i, (_, _, runs) in enumerate(first) for lab, cfg in runs],
-                                       runs_dir, share_prefixes, launcher, workers, executor)
+    labelled, total, computed = _sweep(first, runs_dir, share_prefixes, launcher, workers, executor, tasks)
     extra: dict[int, dict[str, Any]] = {}
     second = []
     for i, (study, _) in enumerate(studies):
@@ -674,12 +675,13 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
 
 
 def _sweep(items: list[tuple[int, dict[str, Any], RunConfig]], runs_dir: str | Path, share_prefixes: bool, launcher,
-           workers: int, executor) -> tuple[list[tuple[int, dict[str, Any], Path]], int, int]:
-    """Plan and run one sweep of (study index, labels, config); (labelled run dirs, steps alone, computed)."""
+           workers: int, executor, tasks=None) -> tuple[list[tuple[int, dict[str, Any], Path]], int, int]:
+    """Plan (unless ``tasks`` are given) and run one sweep of (study index, labels, config);
+    (labelled run dirs, steps alone, steps computed)."""
     from replaytune import sweep
 
-    # planning opens every store: a bad one is refused here, before anything is written
-    tasks = sweep.build_tasks([cfg for _, _, cfg in items], runs_dir, share_prefixes=share_prefixes)
+    if tasks is None:
+        tasks = sweep.build_tasks([cfg for _, _, cfg in items], runs_dir, share_prefixes=share_prefixes)
     result = sweep.execute(tasks, launcher, workers=workers, executor=executor)
     sweep.write_summary(Path(runs_dir), tasks, result)
     return ([(i, labels, t.run_dir) for (i, labels, _), t in zip(items, tasks)], result.total_steps,
