@@ -48,6 +48,11 @@ class SourceConfig(_Frozen):
         0, ge=0, description="Index of the first training sequence used: disjoint ranges give independent "
         "draws of the unique data (seed-to-seed noise of which target data one has)."
     )
+    draw: int | None = Field(
+        None, ge=0, description="Shuffle the training sequences with this seed before taking `first` to `first + "
+        "sequences`: disjoint ranges of one shuffle are disjoint random draws (not neighbouring documents of "
+        "sorted files); default: the store's order."
+    )
 
 
 class DataConfig(_Frozen):
@@ -245,6 +250,10 @@ class EvalConfig(_Frozen):
         "unset: chosen so evaluation costs about 5% of training time.",
     )
     sequences: int = Field(64, ge=1, description="Held-out sequences per source per evaluation (a fixed set).")
+    split: bool = Field(
+        False, description="Also report each half of every source's evaluation set: `<source>/val` (the first "
+        "half, for choices such as the LR or the replay fraction) and `<source>/test` (the second half, for the "
+        "reported numbers), so that no reported loss was used to make a choice.")
     batch_size: int = Field(
         32, ge=1, description="Sequences per evaluation forward pass (at most data.micro_batch_size when that is set)."
     )

@@ -280,3 +280,21 @@ def test_a_source_without_one_held_out_sequence_is_named(stores, tmp_path):
     with pytest.warns(UserWarning, match="source 'target'.*242 tokens.*no held-out loss is recorded"):
         record = train(cfg)
     assert record["final"]["eval"].get("target") is None
+
+
+def test_eval_split_reports_both_halves_whose_token_weighted_mean_is_the_whole(stores, tmp_path):
+    from replaytune.train import open_stores
+    from replaytune.train.evaluation import eval_set
+
+    cfg = config.validate(config.apply_overrides(tiny_config(stores, tmp_path).model_dump(mode="json"),
+                                                 ["eval.split=true", "eval.sequences=8"]))
+    record = train(cfg)
+    final = record["final"]["eval"]
+    assert set(final) == {"generic", "target", "generic/val", "generic/test", "target/val", "target/test"}
+    opened = open_stores(cfg)
+    for name in ("generic", "target"):
+        ids = eval_set(opened, cfg.data.seq_len, 8)[name]
+        assert len(ids) == 8
+        assert final[f"{name}/val"] != final[f"{name}/test"]
+        lo, hi = sorted((final[f"{name}/val"], final[f"{name}/test"]))
+        assert lo <= final[name] <= hi  # the whole is a token-weighted mean of its halves

@@ -133,3 +133,18 @@ def test_first_shifts_the_unique_data_and_changes_the_signature(stores, tmp_path
     with pytest.raises(config.ConfigError, match="from sequence 1000 on"):
         bad = _override(a, "data.sources.target.first=1000")
         RunPlan(bad, open_stores(bad))
+
+
+def test_draw_shuffles_the_unique_data_into_disjoint_random_draws(stores, tmp_path):
+    a = _override(tiny_config(stores, tmp_path), "data.sources.target.sequences=4", "data.sources.target.draw=3")
+    b = _override(a, "data.sources.target.first=4")
+    pa, pb = RunPlan(a, open_stores(a)), RunPlan(b, open_stores(b))
+    n = pa.stores["target"].train.num_sequences(pa.seq_len)
+    order = np.random.default_rng(3).permutation(n)
+    assert pa.train_ids("target", np.arange(4)).tolist() == order[:4].tolist()
+    assert pb.train_ids("target", np.arange(4)).tolist() == order[4:8].tolist()  # the next 4: disjoint
+    assert pa.train_ids("target", np.arange(4)).tolist() != [0, 1, 2, 3]  # not the store's order
+    assert pa.train_ids("generic", np.arange(3)).tolist() == [0, 1, 2]  # only the source with a draw
+    plain = _override(a, "data.sources.target.draw=null")
+    assert shared_prefix(a, plain) == 12  # other sequences from the first fine-tuning step on
+    assert shared_prefix(a, _override(a, "data.sources.target.draw=4")) == 12

@@ -46,11 +46,16 @@ def test_study_runs_match_the_paper_protocol(stores):
     ft = by["ft_rho0.5_lr0.001_s1"][1]
     assert [resolve_phase(p)[1] for p in ft.phases] == [32, 8] and ft.phases[1].reset_optimizer and ft.phases[1].seed == 1
     assert ft.data.sources["target"].sequences == 8  # one batch of unique target data ...
-    assert ft.data.sources["target"].first == 8  # ... the second disjoint draw of it for seed 1
-    assert by["mt_rho0.5_alpha1_s1"][1].data.sources["target"].first == 8 and "mt_rho0.5_alpha0.5" in by
+    # ... from seed 1's own block of the shuffled sequences: 16 long, the most any run uses (x = 2)
+    assert ft.data.sources["target"].first == 16 and ft.data.sources["target"].draw == 0
+    assert by["mt_rho0.5_alpha1_s1"][1].data.sources["target"].first == 16 and "mt_rho0.5_alpha0.5" in by
     ref = by["ref_x2_s1"][1]
     assert ref.data.sources["target"].sequences == 16 and ref.phases[0].uniform.gamma == pytest.approx(2 * 4 / 40)
     assert ref.data.sources["target"].first == 16 and ref.phases[0].lr.schedule == "cosine"  # the paper's launcher
+    # without a draw: the s-th run of n sequences of the store's order, as before
+    plain = {c.name: c for _, c in study.build_runs(_study(stores, draw=None))}
+    assert plain["ft_rho0.5_lr0.001_s1"].data.sources["target"].first == 8
+    assert plain["ft_rho0.5_lr0.001_s1"].data.sources["target"].draw is None
 
 
 def test_baseline_reference_family_repeats_each_baseline_at_more_target_data(stores):
@@ -189,3 +194,32 @@ def test_study_auto_covers_mid_training_over_stage_2(stores, tmp_path):
     res = study.run_study(cfg, tmp_path / "out")["replay_search"]
     assert set(res) == {"midtrain"} and len(res["midtrain"]["per_seed"]) == 2
     assert all(p["steps_grid"] == 4 + 8 and p["chosen_lr"] == 3e-3 for p in res["midtrain"]["per_seed"])
+
+
+def test_midtrain_lr_is_chosen_on_the_baseline_then_every_rho_runs_at_it_and_comparisons_are_paired(stores, tmp_path):
+    cfg = _study(stores, seeds=[0, 1, 2], batch_size=4,  # 3 seeds x blocks of 2 batches: 24 of the 27 sequences
+                 finetune={"epochs": 4, "replay": [0.0, 0.5], "lrs": [1e-3, 3e-3]},
+                 midtrain={"epochs": 4, "replay": [0.0, 0.5], "alpha": [1.0], "lr": 3e-3, "lrs": [3e-3, 1e-3]},
+                 reference={"target_batches": [0.5, 2], "family": "baseline"},
+                 eval={"interval": 0, "sequences": 8, "batch_size": 8, "split": True})
+    first = study.build_runs(cfg)
+    assert {(lab["rho"], lab["lr"]) for lab, _ in first if lab["setting"] == "midtrain"} == {(0.0, 3e-3), (0.0, 1e-3)}
+    out = tmp_path / "out"
+    res = study.run_study(cfg, out)
+    choice = res["meta"]["midtrain_lr"]
+    means = choice["mean_loss"]
+    assert choice["on"] == "validation" and float(min(means, key=means.get)) == choice["chosen"]
+    mt = [r for r in res["runs"] if r["setting"] == "midtrain"]
+    # the loser ran only as the baseline; every other run (rho 0.5, the references) at the winner
+    assert {r["lr"] for r in mt if r["rho"] != 0.0 or r.get("reference")} == {choice["chosen"]}
+    assert len([r for r in mt if r["lr"] != choice["chosen"]]) == 3  # the baseline's 3 seeds
+    for r in res["runs"]:  # reported losses from the test half, choices from the validation half
+        assert r["target_val"] is not None and r["target_val"] != r["target_loss"]
+    assert len(res["meta"]["data_fingerprint"]) == 12
+    c = res["efficiency"]["comparisons"]["finetune_replay"]
+    assert c["paired"] is True and c["seeds"] == 3 and c["level"] == 0.9
+    assert c["interval_method"].startswith("paired seed jackknife")
+    assert set(c) >= {"multiplier", "interval", "interpolated", "bracket_multiplier", "arms", "fit"}
+    assert res["midtrain_geometry"][0]["rho"] == 0.0 and len(res["midtrain_geometry"]) == 2
+    assert [r["switch_step"] for r in res["midtrain_geometry_paper"]] == [992, 981, 960, 896, 768]
+    assert (out / "results.json").exists()

@@ -1,39 +1,7 @@
-"""Target data efficiency: the reference fit, its inversion and replay multipliers.
+"""Target data efficiency from run records: groups of runs, the best arm, reference points, comparisons.
 
-Pure functions on numbers (no files, no models), following Kotha & Liang (2026) as
-restated in docs/method.md, "Target data efficiency":
-
-1. Reference runs mix target data uniformly through the whole run at several amounts of
-   unique target data x. Their final target losses are fitted with
-
-       L(x) = A / x^B + C
-
-   by non-linear least squares (scipy ``curve_fit``, initial guess A=0.1, B=0.2, C=2.0,
-   maxfev 10000, as the paper). C is the asymptote: the loss with unlimited target data.
-2. A run with target loss L has *effective data* ``x_eff = (A / (L - C))^(1/B)``: the
-   amount of unique target data a reference run would need to reach L. A loss at or below
-   C has no finite effective data; we return ``None`` and never a made-up number.
-3. The multiplier of run M over baseline R is ``x_eff(M) / x_eff(R)``. The unit of x
-   cancels: x may be counted in batches, sequences or tokens.
-
-Units. The fit is made on x divided by the smallest reference x, then A is converted back
-(A / (x/s)^B = A s^B / x^B). With the paper's x = 1, 2, 4, 8, 16 batches this is exactly
-the paper's fit; with x in sequences or tokens it keeps the paper's initial guess sensible
-(from x ~ 1e5 tokens the unscaled fit lands on B ~ 25 with a poor residual).
-
-Bounds. The paper's fit is unbounded (Levenberg-Marquardt). A curve that does not fall
-with x (A <= 0 or B <= 0) cannot be inverted, so when the unbounded fit fails or lands
-there we refit once with A >= 0, B >= 0, C >= 0 (trust-region reflective) and record
-``method="bounded"`` in the :class:`Fit`; a bounded fit that still has B ~ 0 is refused.
-
-Uncertainty (:func:`bootstrap`). The reference points are resampled with replacement and
-refitted ``resamples`` times (default 1000, seed 0); with several losses per x (seeds),
-the losses are resampled within each x instead, keeping the design. A run given as a list
-of seed losses is resampled the same way. Each multiplier's interval is the percentile
-interval of the refits that succeeded; failed refits (including resamples with fewer than
-3 distinct x) are counted and reported, not hidden. In a resample where a run's loss is at
-or below C its effective data counts as +infinity, so an interval's upper end may be
-unbounded (``None`` in JSON).
+The fit itself (``L(x) = A / x^B + C``, effective data, the unpaired bootstrap) is
+:mod:`~replaytune.study.fit`; paired multipliers over seeds are :mod:`~replaytune.study.paired`.
 
 "Best" runs (:func:`best_runs`) follow the paper: fine-tuning replay = best replay
 fine-tuning run over fine-tuning without replay; mid-training replay = best alpha = 1,
@@ -46,273 +14,16 @@ learning-rate grid the best LR is kept for each configuration (baselines include
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from replaytune.errors import ReplaytuneError
+from replaytune.study.fit import (  # noqa: F401  (part of this module's interface)
+    LEVEL, MAXFEV, MIN_B, MIN_GOOD_RESAMPLES, P0, RESAMPLES, TOL, Bootstrap, Fit, FitError, bootstrap, effective_data,
+    fit_reference, multipliers,
+)
 
-P0 = (0.1, 0.2, 2.0)  # the paper's initial guess for (A, B, C)
-MAXFEV = 10000  # the paper's evaluation budget
-MIN_B = 1e-6  # a fitted exponent at or below this is a flat curve: not invertible
-RESAMPLES = 1000
-LEVEL = 0.95
-MIN_GOOD_RESAMPLES = 20  # fewer successful refits than this: no interval
 COMPARISONS = ("finetune_replay", "midtrain_replay", "full_schedule")
-_TOL = 1e-9
-
-
-class FitError(ReplaytuneError, ValueError):
-    """The reference fit cannot be made (too few points, bad numbers, no convergence)."""
-
-
-def curve(x: Any, A: float, B: float, C: float) -> Any:
-    """L(x) = A / x^B + C (vectorized over x)."""
-    return A * np.power(x, -B) + C
-
-
-@dataclass(frozen=True)
-class Fit:
-    """A fitted reference curve L(x) = A / x^B + C and the points it was fitted to."""
-
-    A: float
-    B: float
-    C: float
-    xs: tuple[float, ...] = ()
-    losses: tuple[float, ...] = ()
-    rmse: float | None = None
-    method: str = "paper"  # "paper": unbounded curve_fit as the paper; "bounded": A, B, C >= 0
-
-    def loss_at(self, x: Any) -> Any:
-        return curve(np.asarray(x, dtype=float), self.A, self.B, self.C)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"A": self.A, "B": self.B, "C": self.C, "rmse": self.rmse, "n_points": len(self.xs), "method": self.method}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Fit":
-        """A fit saved by :meth:`to_dict` (only A, B and C are needed)."""
-        try:
-            A, B, C = (float(data[k]) for k in ("A", "B", "C"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FitError(f"fit needs numbers A, B and C, got {dict(data)!r}") from exc
-        if not (A > 0 and B > 0 and math.isfinite(A) and math.isfinite(B) and math.isfinite(C)):
-            raise FitError(f"fit A={A:g}, B={B:g}, C={C:g} is not a falling curve (need A > 0, B > 0)")
-        return cls(A, B, C, method=str(data.get("method", "paper")), rmse=data.get("rmse"))
-
-
-def _check_points(xs: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(xs, dtype=float).ravel()
-    y = np.asarray(losses, dtype=float).ravel()
-    if x.shape != y.shape:
-        raise FitError(f"reference: {x.size} x values but {y.size} losses")
-    for i, (xi, yi) in enumerate(zip(x, y)):
-        if not (math.isfinite(xi) and xi > 0):
-            raise FitError(f"reference[{i}]: x must be a finite number > 0, got {xi:g}")
-        if not math.isfinite(yi):
-            raise FitError(f"reference[{i}]: loss must be a finite number, got {yi:g}")
-    distinct = np.unique(x).size
-    if distinct < 3:
-        raise FitError(
-            f"reference: need at least 3 distinct x values to fit A, B and C, got {distinct} "
-            f"({x.size} point(s)); add reference runs at more amounts of target data"
-        )
-    return x, y
-
-
-def _accept(params: np.ndarray, x: np.ndarray, y: np.ndarray) -> bool:
-    """A falling curve: A > 0, B > 0, and a drop over the reference range that is not
-    negligible next to the spread of the losses (a flat fit to rising data has A ~ 1e-8)."""
-    A, B, C = params
-    if not (np.all(np.isfinite(params)) and A > 0 and B > MIN_B):
-        return False
-    drop = A * (x.min() ** -B - x.max() ** -B)
-    return bool(drop > 1e-3 * (y.max() - y.min()))
-
-
-def fit_reference(xs: Sequence[float], losses: Sequence[float]) -> Fit:
-    """Fit L(x) = A / x^B + C to reference points (x: unique target data, loss: target loss).
-
-    Several losses at one x (seeds) are all fitted, which weights each x by its count.
-    Raises :class:`FitError` with fewer than 3 distinct x, non-positive x, non-finite
-    values, or when neither the paper's fit nor the bounded retry gives a falling curve.
-    """
-    from scipy.optimize import curve_fit
-
-    x_all, y = _check_points(xs, losses)
-    scale = float(x_all.min())
-    x = x_all / scale  # fit in units of the smallest reference amount (see the module docstring)
-    params = None
-    method = "paper"
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")  # OptimizeWarning: no covariance with 3 points; overflow in trials
-        try:
-            params, _ = curve_fit(curve, x, y, p0=P0, maxfev=MAXFEV)
-        except (RuntimeError, ValueError, FloatingPointError):
-            params = None
-        if params is None or not _accept(params, x, y):
-            method = "bounded"
-            try:
-                params, _ = curve_fit(
-                    curve, x, y, p0=P0, bounds=([0.0, 0.0, 0.0], [np.inf, np.inf, np.inf]), max_nfev=MAXFEV
-                )
-            except (RuntimeError, ValueError, FloatingPointError) as exc:
-                raise FitError(f"reference: the fit L(x) = A / x^B + C did not converge ({exc})") from exc
-    if not _accept(params, x, y):
-        A, B, C = params
-        raise FitError(
-            f"reference: fitted A={A:.4g}, B={B:.4g}, C={C:.4g} is not a curve falling with x; "
-            f"check that the reference losses decrease as target data grows"
-        )
-    An, B, C = (float(p) for p in params)
-    A = An * scale**B  # A / (x/s)^B = (A s^B) / x^B
-    rmse = float(np.sqrt(np.mean((curve(x_all, A, B, C) - y) ** 2)))
-    return Fit(A, B, C, tuple(float(v) for v in x_all), tuple(float(v) for v in y), rmse, method)
-
-
-def effective_data(fit: Fit, loss: float) -> float | None:
-    """x_eff = (A / (L - C))^(1/B), or ``None`` when L <= C (no finite effective data).
-
-    ``None`` also when the value overflows a float (L a hair above C): effectively
-    unlimited data, which is no number to report either.
-    """
-    loss = float(loss)
-    if not math.isfinite(loss) or loss <= fit.C:
-        return None
-    try:
-        x = (fit.A / (loss - fit.C)) ** (1.0 / fit.B)
-    except OverflowError:
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _mean(value: float | Sequence[float]) -> float:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        if len(value) == 0:
-            raise FitError("a run's list of seed losses is empty")
-        return float(np.mean(np.asarray(value, dtype=float)))
-    return float(value)
-
-
-def multipliers(
-    fit: Fit, runs: Mapping[str, float | Sequence[float]], baseline: str
-) -> dict[str, dict[str, float | None]]:
-    """Per run: ``loss``, ``effective_x`` and ``multiplier`` = x_eff(run) / x_eff(baseline).
-
-    A run may give one loss or a list of seed losses (their mean is used). ``effective_x``
-    is ``None`` for a loss at or below C; the multiplier is ``None`` when either side has
-    no finite effective data. The baseline's own multiplier is 1.0 when defined.
-    """
-    if baseline not in runs:
-        raise FitError(f"baseline '{baseline}' is not one of the runs ({', '.join(runs) or 'none'})")
-    base_x = effective_data(fit, _mean(runs[baseline]))
-    out: dict[str, dict[str, float | None]] = {}
-    for name, value in runs.items():
-        loss = _mean(value)
-        x_eff = effective_data(fit, loss)
-        mult = x_eff / base_x if (x_eff is not None and base_x) else None  # base_x 0.0: underflow
-        out[name] = {"loss": loss, "effective_x": x_eff, "multiplier": mult}
-    return out
-
-
-# -- bootstrap ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Bootstrap:
-    """Percentile intervals from refits on resampled data (see the module docstring)."""
-
-    resamples: int
-    seed: int
-    level: float
-    mode: str  # "points": reference points resampled; "seeds": losses resampled within each x
-    failed: int  # refits that failed (fewer than 3 distinct x, no convergence, flat curve)
-    intervals: dict[str, dict[str, Any]]  # name -> {"effective_x": [lo, hi] | None, "multiplier": ..., "below_C": n}
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "resamples": self.resamples, "seed": self.seed, "level": self.level, "mode": self.mode,
-            "failed": self.failed, "note": self.note,
-        }
-
-
-def _order_interval(values: np.ndarray, level: float) -> list[float | None] | None:
-    """Percentile interval by order statistics (works with +inf; ``None`` for an unbounded end)."""
-    v = np.sort(values[~np.isnan(values)])
-    if v.size < MIN_GOOD_RESAMPLES:
-        return None
-    lo = v[int(math.floor((1 - level) / 2 * (v.size - 1)))]
-    hi = v[int(math.ceil((1 + level) / 2 * (v.size - 1)))]
-    return [float(lo) if math.isfinite(lo) else None, float(hi) if math.isfinite(hi) else None]
-
-
-def bootstrap(
-    xs: Sequence[float],
-    losses: Sequence[float],
-    runs: Mapping[str, float | Sequence[float]],
-    baseline: str,
-    *,
-    resamples: int = RESAMPLES,
-    seed: int = 0,
-    level: float = LEVEL,
-) -> Bootstrap:
-    """Bootstrap intervals of every run's effective data and multiplier over ``baseline``.
-
-    Cost: ``resamples`` curve fits on a handful of points (about a millisecond each).
-    """
-    x, y = _check_points(xs, losses)
-    if baseline not in runs:
-        raise FitError(f"baseline '{baseline}' is not one of the runs ({', '.join(runs) or 'none'})")
-    if resamples < 1:
-        raise FitError(f"bootstrap resamples must be >= 1, got {resamples}")
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(x == v) for v in np.unique(x)]
-    mode = "seeds" if any(g.size > 1 for g in groups) else "points"
-    names = list(runs)
-    seeds_of = {n: np.atleast_1d(np.asarray(runs[n], dtype=float)) for n in names}
-    xe = np.full((resamples, len(names)), np.nan)
-    failed = 0
-    few = mode == "points" and len(groups) < 4  # every resample repeats the data or degenerates
-    for i in range(0 if few else resamples):
-        if mode == "points":
-            idx = rng.integers(0, x.size, x.size)
-        else:  # keep every x, resample its seed losses
-            idx = np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups])
-        run_loss = [float(np.mean(s[rng.integers(0, s.size, s.size)])) if s.size > 1 else float(s[0]) for s in seeds_of.values()]
-        try:
-            f = fit_reference(x[idx], y[idx])
-        except FitError:
-            failed += 1
-            continue
-        for j, loss in enumerate(run_loss):
-            e = effective_data(f, loss)
-            xe[i, j] = math.inf if e is None else e
-    b = names.index(baseline)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = xe / xe[:, [b]]  # inf/inf -> nan (dropped); x/inf -> 0; inf/x -> inf
-    intervals = {}
-    for j, name in enumerate(names):
-        if few:
-            intervals[name] = {"effective_x": None, "multiplier": None, "below_C": 0}
-            continue
-        good = ~np.isnan(xe[:, j])
-        intervals[name] = {
-            "effective_x": _order_interval(xe[:, j], level),
-            "multiplier": _order_interval(ratio[:, j], level),
-            "below_C": int(np.sum(np.isinf(xe[good, j]))),
-        }
-    note = ""
-    if few:
-        note = f"only {len(groups)} reference points: a resample can only repeat or degenerate; no interval (need >= 4)"
-    elif resamples - failed < MIN_GOOD_RESAMPLES:
-        note = f"only {resamples - failed} of {resamples} refits succeeded: no interval"
-    return Bootstrap(int(resamples), int(seed), float(level), mode, failed, intervals, note)
-
-
-# -- choosing the paper's comparisons from a results.json "runs" list ------------------------------
 
 
 def _num(value: Any, default: float) -> float:
@@ -334,11 +45,12 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         key = (r.get("setting"), _num(r.get("rho"), 0.0), _num(r.get("alpha"), 1.0), r.get("lr"), r.get("x"))
         g = groups.setdefault(key, {
             "setting": key[0], "rho": key[1], "alpha": key[2], "lr": key[3], "x": key[4],
-            "names": [], "seeds": [], "target_losses": [], "generic_losses": [], "runs": [],
+            "names": [], "seeds": [], "target_losses": [], "target_vals": [], "generic_losses": [], "runs": [],
         })
         g["names"].append(r.get("name"))
         g["seeds"].append(r.get("seed"))
         g["target_losses"].append(float(r["target_loss"]))
+        g["target_vals"].append(None if r.get("target_val") is None else float(r["target_val"]))
         if r.get("generic_loss") is not None:
             g["generic_losses"].append(float(r["generic_loss"]))
         g["runs"].append(r)
@@ -346,6 +58,9 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for g in groups.values():
         t = np.asarray(g["target_losses"])
         g["target_loss"] = float(t.mean())
+        # validation losses (the first half of the held-out set) make the choices when every seed has one
+        vals = g["target_vals"]
+        g["target_val"] = float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
         g["target_std"] = float(t.std(ddof=1)) if t.size > 1 else None
         gl = np.asarray(g["generic_losses"])
         g["generic_loss"] = float(gl.mean()) if gl.size else None
@@ -357,12 +72,20 @@ def group_runs(runs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def choice_loss(g: Mapping[str, Any]) -> float:
+    """The loss a choice (LR, best configuration) is made on: the mean validation loss when the
+    runs have one (``target_val``), else the reported loss itself."""
+    v = g.get("target_val")
+    return float(g["target_loss"] if v is None else v)
+
+
 def _best(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return min(groups, key=lambda g: g["target_loss"]) if groups else None
+    return min(groups, key=choice_loss) if groups else None
 
 
 def best_per(groups: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, Any]], Any]) -> dict[Any, dict[str, Any]]:
-    """The group with the lowest mean target loss for each ``key(group)``, keys in first-seen order.
+    """The group with the lowest mean target loss for each ``key(group)``, keys in first-seen order
+    (the validation loss where the runs have one: :func:`choice_loss`).
 
     With ``key = (rho, alpha)`` over the groups of one setting this is "the best LR of each
     configuration", the paper's choice (ties keep the first group seen).
@@ -370,7 +93,7 @@ def best_per(groups: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, An
     out: dict[Any, dict[str, Any]] = {}
     for g in groups:
         k = key(g)
-        if k not in out or g["target_loss"] < out[k]["target_loss"]:
+        if k not in out or choice_loss(g) < choice_loss(out[k]):
             out[k] = g  # type: ignore[assignment]
     return out
 
@@ -407,8 +130,8 @@ def best_runs(runs: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any] | N
     groups = group_runs(_main(runs))
     ft = [g for g in groups if g["setting"] == "finetune"]
     mt = [g for g in groups if g["setting"] == "midtrain"]
-    zero = lambda v: abs(v) < _TOL  # noqa: E731
-    one = lambda v: abs(v - 1.0) < _TOL  # noqa: E731
+    zero = lambda v: abs(v) < TOL  # noqa: E731
+    one = lambda v: abs(v - 1.0) < TOL  # noqa: E731
     ft_base = _best([g for g in ft if zero(g["rho"])])
     mt_base = _best([g for g in mt if zero(g["rho"]) and one(g["alpha"])])
     candidates = {
@@ -442,8 +165,8 @@ def reference_points(runs: Iterable[Mapping[str, Any]], curve: str = "uniform") 
     if curve == "uniform":
         chosen = [r for r in runs if r.get("setting") == "reference"]
     elif curve in ("finetune", "midtrain"):
-        groups = [g for g in group_runs(runs) if g["setting"] == curve and abs(g["rho"]) < _TOL
-                  and (curve == "finetune" or abs(g["alpha"] - 1.0) < _TOL)]
+        groups = [g for g in group_runs(runs) if g["setting"] == curve and abs(g["rho"]) < TOL
+                  and (curve == "finetune" or abs(g["alpha"] - 1.0) < TOL)]
         best = best_per(groups, lambda g: g["x"])  # the best LR of each x, as for the baseline
         chosen = [r for r in runs if any(r.get("name") in g["names"] for g in best.values())]
     else:
@@ -516,13 +239,79 @@ def compare(
                 curves[name]["error"] = str(exc)
         c = curves[name]
         if "fit" in c:
-            entry = compare_best(c["fit"], runs, resamples=resamples, seed=seed, level=level, only=key)[key]
-            assert entry is not None
+            entry = None
+            try:
+                entry = paired_entry(runs, key, name, pick, level)
+            except FitError as exc:
+                c.setdefault("paired_error", str(exc))
+            if entry is None:  # no seed has every arm and reference point: the unpaired bootstrap
+                entry = compare_best(c["fit"], runs, resamples=resamples, seed=seed, level=level, only=key)[key]
+                assert entry is not None
+                entry.update(paired=False, level=level, seeds=min(len(entry["method"]["seeds"]), len(entry["baseline"]["seeds"])),
+                             interval_method="percentile bootstrap, unpaired" if resamples > 0 else None,
+                             interpolated=None, bracket_multiplier=None)
+            else:
+                c.update(kind=entry["kind"], slope_per_doubling=entry["slope_per_doubling"], intercept=entry["intercept"])
         else:
             entry = {**pick, "multiplier": None, "interval": None, "method_x": None, "baseline_x": None,
                      "bootstrap": None, "error": c["error"]}
         out[key] = {**entry, "reference": name}
     return out, curves
+
+
+def _label(g: Mapping[str, Any]) -> str:
+    return f"rho={g['rho']:g}" + (f", alpha={g['alpha']:g}" if g["setting"] == "midtrain" else "")
+
+
+def paired_entry(runs: Sequence[Mapping[str, Any]], key: str, curve_name: str, pick: Mapping[str, Any],
+                 level: float) -> dict[str, Any] | None:
+    """One comparison by :func:`replaytune.study.paired.analyse` over the seeds that ran every arm,
+    the baseline and every reference point; None when fewer than 2 seeds did.
+
+    Arms: every candidate configuration of the comparison at its best LR (on validation
+    losses); the best arm is chosen on validation losses inside the analysis; reference points:
+    the best LR of each x of the curve. Reported losses are the runs' ``target_loss``.
+    """
+    from replaytune.study import paired
+
+    main = group_runs(_main(runs))
+    base = pick["baseline"]
+    setting = base["setting"]
+    zero = lambda v: abs(v) < TOL  # noqa: E731
+    one = lambda v: abs(v - 1.0) < TOL  # noqa: E731
+    mine = [g for g in main if g["setting"] == setting and g["x"] == base["x"]]
+    if key == "finetune_replay":
+        cands = [g for g in mine if not zero(g["rho"])]
+    elif key == "midtrain_replay":
+        cands = [g for g in mine if one(g["alpha"]) and not zero(g["rho"])]
+    else:
+        cands = [g for g in mine if not (zero(g["rho"]) and one(g["alpha"]))]
+    arms = {_label(g): g for g in best_per(cands, lambda g: (g["rho"], g["alpha"])).values()}
+    if curve_name == "uniform":
+        refs = best_per([g for g in group_runs(runs) if g["setting"] == "reference"], lambda g: g["x"])
+    else:
+        refs = best_per([g for g in group_runs(runs) if g["setting"] == curve_name and zero(g["rho"])
+                         and (curve_name == "finetune" or one(g["alpha"]))], lambda g: g["x"])
+    if len(refs) < 3 or not arms:
+        return None
+    by_seed = lambda g: dict(zip(g["seeds"], g["target_losses"]))  # noqa: E731
+    has_val = all(g["target_val"] is not None for g in arms.values())
+    val_of = (lambda g: dict(zip(g["seeds"], g["target_vals"]))) if has_val else None  # noqa: E731
+    design = paired.design_from_groups({float(x): g for x, g in refs.items()}, base, float(base["x"] if base["x"] is not None else "nan"), arms, by_seed, val_of)
+    if len(design.seeds) < paired.MIN_SEEDS:
+        return None
+    r = paired.analyse(design, level)
+    best = arms[r["best"]]
+    return {
+        "method": best, "baseline": base, "candidates": len(arms), "method_x": r["method_x"],
+        "baseline_x": r["baseline_x"], "multiplier": r["multiplier"], "interval": r["interval"], "bootstrap": None,
+        "level": level, "interval_method": r["interval_method"], "paired": True, "seeds": r["seeds"],
+        "interpolated": r["interpolated"], "bracket_multiplier": r["bracket_multiplier"], "kind": r["kind"],
+        "slope_per_doubling": r["slope_per_doubling"], "intercept": r["intercept"], "x_range": r["x_range"],
+        "chosen_on": "validation" if has_val else "test (no validation losses)",
+        "arms": {n: {k: v for k, v in a.items()} | {"lr": arms[n]["lr"], "name": arms[n]["name"]}
+                 for n, a in r["arms"].items()},
+    }
 
 
 def compare_best(

@@ -154,7 +154,7 @@ def plot_fit(res: Results):
         raise Skip("no reference fit (needs reference runs at >= 3 amounts of target data, falling beyond their noise)")
     fig, axes = _figure(1, len(fitted), width=7.5, height=6.0)
     for ax, (name, curve) in zip(axes[0], fitted):
-        _fit_panel(ax, res, name, curve["fit"])
+        _fit_panel(ax, res, name, curve["fit"], curve)
     pct = f"{round(100 * res.level)}%"
     fig.suptitle(f"Target data efficiency ({res.target}): each reference curve with the methods read off it\n"
                  f"multiplier = effective data of the method / of its baseline [{pct} bootstrap interval]")
@@ -162,7 +162,7 @@ def plot_fit(res: Results):
     return fig
 
 
-def _fit_panel(ax, res: Results, name: str, fit) -> None:
+def _fit_panel(ax, res: Results, name: str, fit, curve: dict | None = None) -> None:
     placed, unplaced = [], []
     markers = {"finetune_replay": "s", "midtrain_replay": "D", "full_schedule": "^"}
     for key, c in res.comparisons.items():
@@ -180,9 +180,15 @@ def _fit_panel(ax, res: Results, name: str, fit) -> None:
     xs = list(fit.xs) + [p[0] for p in placed]
     lo, hi = (min(xs) / 1.6, max(xs) * 1.6) if xs else (0.5, 32)
     grid = np.geomspace(lo, hi, 200)
-    ax.plot(grid, fit.loss_at(grid), color=NEUTRAL, lw=2,
-            label=f"{name}: $L(x) = {fit.A:.3g}\\,/\\,x^{{{fit.B:.3g}}} + {fit.C:.3g}$")
-    ax.axhline(fit.C, color=NEUTRAL, ls=":", lw=1)
+    loglinear = (curve or {}).get("kind") == "log-linear"
+    if loglinear:  # A / x^B + C did not identify C: draw the line the multipliers come from, no asymptote
+        a, b = curve["intercept"], curve["slope_per_doubling"]
+        ax.plot(grid, a - b * np.log2(grid), color=NEUTRAL, lw=2,
+                label=f"{name}: log-linear $L = {a:.3f} - {b:.3f}\\,\\log_2 x$ (asymptote not identified)")
+    else:
+        ax.plot(grid, fit.loss_at(grid), color=NEUTRAL, lw=2,
+                label=f"{name}: $L(x) = {fit.A:.3g}\\,/\\,x^{{{fit.B:.3g}}} + {fit.C:.3g}$")
+        ax.axhline(fit.C, color=NEUTRAL, ls=":", lw=1)
     if fit.xs:
         ax.plot(fit.xs, fit.losses, "o", color="black", ms=5, alpha=0.7, label=CURVE_TEXT.get(name, name) + ", every seed")
     seen = set()
@@ -197,14 +203,15 @@ def _fit_panel(ax, res: Results, name: str, fit) -> None:
     # y range from the measured losses: a steep or degenerate fit must not flatten the points
     ys = list(fit.losses) + [p[1] for p in placed] + [u[0] for u in unplaced]
     span = max(ys) - min(ys) or 0.1
-    if fit.C > min(ys) - span:  # the asymptote in view only when it is near the data (a flat fit has C << 0)
+    if not loglinear and fit.C > min(ys) - span:  # the asymptote in view only when it is near the data
         ys.append(fit.C)
         span = max(ys) - min(ys)
     ax.set_ylim(min(ys) - 0.15 * span, max(ys) + 0.25 * span)
     unit = res.meta.get("x_unit") or "batches"
     ax.set_xlabel(f"unique target data x ({unit}), log scale")
     ax.set_ylabel(f"final held-out target {LOSS}")
-    ax.set_title(f"curve '{name}' (dotted: asymptote C = {fit.C:.3f})", fontsize=10)
+    ax.set_title(f"curve '{name}' ({curve['slope_per_doubling']:.3f} nats per doubling; C not identified)" if loglinear
+                 else f"curve '{name}' (dotted: asymptote C = {fit.C:.3f})", fontsize=10)
 
 
 def _series(rows, kind: str, field: str, src: str, xkey: Callable[[dict], float | None]):

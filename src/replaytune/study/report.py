@@ -73,6 +73,12 @@ def _comparisons_md(res: Results) -> list[str]:
                       None: "change in forgetting not established"}[gsign]
         text = (f"- **{LABELS[key][0]}** ({_desc(m)}) vs {LABELS[key][1]} ({_desc(b)}): {ttext}: {verdict}. "
                 f"Forgetting: {gtext} ({forgetting}). Target data multiplier {_mult_text(c['multiplier'], c['interval'])}")
+        if c.get("paired"):
+            text += (f" ({round(100 * c.get('level', res.level))}% {c['interval_method']}, {c['seeds']} seeds; "
+                     f"between the two measured reference points that bracket it: "
+                     f"{_f(c.get('bracket_multiplier'), '.2f')}x"
+                     + ("" if c.get("interpolated") else "; effective data outside the measured range: extrapolated")
+                     + ")")
         if c.get("bootstrap"):
             bs = c["bootstrap"]
             text += (f" (percentile bootstrap over reference {bs['mode']}, {bs['resamples']} resamples, seed {bs['seed']}, "
@@ -92,9 +98,11 @@ def _comparisons_md(res: Results) -> list[str]:
         head = (f"Replay lowered the held-out target loss beyond seed-to-seed noise in {helped} of {len(verdicts)} "
                 f"comparisons" + ("." if helped else "; on these runs it did not clearly help."))
     caveat = ("Each method is the best of several configurations (LRs included) against one baseline; picking the "
-              "best of several noisy runs flatters it, so weigh every difference against the seed-to-seed noise. A multiplier's "
-              "interval covers the reference fit (and the seeds of the two compared configurations where several were "
-              "run); with one seed per configuration it does not include that run's own seed noise.")
+              "best of several noisy runs flatters it, so weigh every difference against the seed-to-seed noise. A paired "
+              "interval resamples whole seeds (every arm, the baseline and the reference curve of a seed together) and "
+              "redoes the choice of the best arm in every resample; where the runs have validation losses every choice "
+              "is made on them and every reported loss comes from the separate test half. An unpaired bootstrap "
+              "interval (runs without common seeds) covers the reference fit and the two compared configurations' seeds.")
     table = [*rows, ""] if len(rows) > 2 else []
     return [head, "", *table, *lines, "", caveat]
 
@@ -123,6 +131,12 @@ def _markdown(res: Results, done: list[tuple[str, str, str]], skipped: list[tupl
             out.append(f"- Reference curve '{name}': no fit ({c['error']}).")
             continue
         f = c["fit"]
+        if c.get("kind") == "log-linear":
+            out.append(f"- Reference curve '{name}': log-linear, L = {c['intercept']:.4f} - {c['slope_per_doubling']:.4f} "
+                       f"log2 x ({c['slope_per_doubling']:.3f} nats per doubling of unique target data): the paper's "
+                       f"A / x^B + C does not identify its asymptote here (A = {f.A:.4g}, B = {f.B:.4g}, C = {f.C:.4g}, "
+                       f"{f.method} fit), so the multipliers come from the line ({len(f.xs)} points).")
+            continue
         out.append(f"- Reference curve '{name}': L(x) = A / x^B + C with A = {f.A:.4g}, B = {f.B:.4g}, C = {f.C:.4g} "
                    f"({len(f.xs)} reference points, rmse {_f(f.rmse, '.3g')}, {f.method} fit).")
     if res.curves:

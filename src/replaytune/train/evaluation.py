@@ -61,11 +61,16 @@ def evaluate(
     sharded: bool = False,
     eos: int | None = None,
     loss: str = "auto",
+    split: bool = False,
 ) -> dict[str, float | None]:
     """Mean held-out loss per source. Ranks split the sequences and sum their results.
 
     ``eos``: block-diagonal document attention (``data/window.py``), as in training.
     ``loss``: full logits or the chunked loss (loss.py; ``auto``: chunked for large vocabularies).
+    ``split``: also ``<source>/val`` and ``<source>/test``, the losses of the first and the
+    second half of the source's evaluation ids (``eval.split``); the ids are spread evenly
+    over the held-out split, so the halves are its first and second half, sharing at most the
+    document that straddles the middle.
 
     Under FSDP every rank must run the same number of forward passes (each one gathers
     parameters), so a rank whose share ran out runs the first sequence again at weight 0.
@@ -74,7 +79,11 @@ def evaluate(
 
     names = list(stores)
     head = chunked_head(model, loss, sharded=sharded)
-    totals = torch.zeros(2 * len(names), dtype=torch.float64, device=dist.device)
+    # per source: loss sum and token count over all ids, then (split) over the first half (val)
+    # and the second half (test)
+    parts = 3 if split else 1
+    totals = torch.zeros(2 * parts * len(names), dtype=torch.float64, device=dist.device)
+    K = len(names)
     was_training = model.training
     model.eval()
     grad_off = torch.no_grad() if sharded else torch.inference_mode()
@@ -83,29 +92,46 @@ def evaluate(
             src_ids = ids[name]
             if len(src_ids) == 0:
                 continue
-            split = stores[name].val
+            held_out = stores[name].val
             step = batch_size * dist.world
+            half = len(src_ids) // 2
             for start in range(0, len(src_ids), step):
-                mine = src_ids[start + dist.rank * batch_size : start + (dist.rank + 1) * batch_size]
+                lo = start + dist.rank * batch_size
+                mine = src_ids[lo : lo + batch_size]
                 weight = 1.0
                 if len(mine) == 0:
                     if not sharded:
                         continue
-                    mine, weight = src_ids[:1], 0.0
-                w = windows(split, mine, seq_len, eos=eos)
+                    mine, weight, lo = src_ids[:1], 0.0, 0
+                w = windows(held_out, mine, seq_len, eos=eos)
                 x, y, pos = w.inputs, w.targets, w.positions
                 xt = torch.from_numpy(x).to(dist.device)
                 yt = torch.from_numpy(y).to(dist.device)
                 pt = None if pos is None else torch.from_numpy(pos).to(dist.device)
                 with autocast(dist.device, precision):
-                    total, _ = forward_losses(model, xt, yt, head=head, position_ids=pt)
+                    total, losses = forward_losses(model, xt, yt, head=head, position_ids=pt)
                 totals[j] += weight * total.double()
-                totals[len(names) + j] += weight * float((yt != IGNORE).sum())
+                totals[K + j] += weight * float((yt != IGNORE).sum())
+                if split:
+                    seq_loss = weight * losses.double()
+                    seq_tok = weight * (yt != IGNORE).sum(dim=1).double()
+                    val = torch.from_numpy(lo + np.arange(len(mine)) < half).to(dist.device)
+                    totals[2 * K + j] += seq_loss[val].sum()
+                    totals[3 * K + j] += seq_tok[val].sum()
+                    totals[4 * K + j] += seq_loss[~val].sum()
+                    totals[5 * K + j] += seq_tok[~val].sum()
     if was_training:
         model.train()
     dist.all_reduce_sum(totals)
     out: dict[str, float | None] = {}
+
+    def mean(k: int, j: int) -> float | None:
+        tok = float(totals[(2 * k + 1) * K + j])
+        return float(totals[2 * k * K + j]) / tok if tok > 0 else None
+
     for j, name in enumerate(names):
-        tok = float(totals[len(names) + j])
-        out[name] = float(totals[j]) / tok if tok > 0 else None
+        out[name] = mean(0, j)
+    if split:
+        for j, name in enumerate(names):
+            out[f"{name}/val"], out[f"{name}/test"] = mean(1, j), mean(2, j)
     return out

@@ -335,7 +335,7 @@ class Trainer:
         for j in np.unique(src):
             sel = src == j
             name = self.plan.sources[j]
-            w = windows(self.stores[name].train, ids[sel] + self.plan.first[name], L, eos=eos)
+            w = windows(self.stores[name].train, self.plan.train_ids(name, ids[sel]), L, eos=eos)
             x[sel], y[sel] = w.inputs, w.targets
             if pos is not None:
                 pos[sel] = w.positions
@@ -476,6 +476,7 @@ class Trainer:
             sharded=self.sharded,
             eos=self.plan.eos_id if self.plan.block else None,
             loss=self.cfg.loss,
+            split=self.cfg.eval.split,
         )
         self.last_eval = {k: clean(v) for k, v in res.items()}
         phase, ps = self.plan.position(s)
@@ -486,7 +487,8 @@ class Trainer:
             self.progress.write(f"step {s}: eval " + ", ".join(f"{k} {v:.4f}" for k, v in self.last_eval.items() if v is not None))
 
     def _eval_signature(self) -> str:
-        blob = {"sequences": self.cfg.eval.sequences, "seq_len": self.cfg.data.seq_len, "data": self.plan.data_fingerprints()}
+        blob = {"sequences": self.cfg.eval.sequences, "seq_len": self.cfg.data.seq_len, "data": self.plan.data_fingerprints(),
+                **({"split": True} if self.cfg.eval.split else {})}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def _from_sources(self, theirs: Sequence[str]):

@@ -80,11 +80,13 @@ def open_stores(cfg: RunConfig) -> dict[str, TokenStore]:
 def resolve_phase(
     pc: PhaseConfig, stores: Mapping[str, TokenStore] | None = None, *, sizes: Mapping[str, int] | None = None,
     first: Mapping[str, int] | None = None, seq_len: int | None = None, batch_size: int | None = None,
+    drawn: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[Schedule, int, dict[str, Any]]:
     """A phase's schedule, its step count and how they were derived: the one place a spec becomes a schedule.
 
     A ``finetune`` spec is resolved against the stores: ``unit`` per sequence of each source
-    (the mean over the sequences the mixture uses, ``first .. first + sizes - 1``) and, when
+    (the mean over the sequences the mixture uses: ``first .. first + sizes - 1``, or ``drawn``'s ids
+    for a source with a seeded draw) and, when
     ``target_steps`` is not given, the target side's sequences over the batch size. Then
     :func:`replaytune.schedule.finetune` gives the weights and the length. A spec counted in
     sequences with ``target_steps`` given needs no store (what a study's grid computes ahead).
@@ -101,7 +103,8 @@ def resolve_phase(
             target_steps = sum(int(sizes[n]) for n in t_names) / batch_size
         units = None
         if f.unit != "sequences":
-            units = {n: float(stores[n].train.units(seq_len, f.unit, int(sizes[n]), (first or {}).get(n, 0)).mean())
+            units = {n: float((stores[n].train.units(seq_len, f.unit)[drawn[n]] if n in (drawn or {}) else
+                               stores[n].train.units(seq_len, f.unit, int(sizes[n]), (first or {}).get(n, 0))).mean())
                      for n in t_names + g_names}
         plan = sched.finetune(target_steps, f.epochs, f.replay, units=units, target=f.target,
                               generic=f.generic if f.generic is not None else {})
@@ -184,6 +187,13 @@ class RunPlan:
         sizes = {}
         # mixture id i of a source is its training sequence first + i
         self.first = {name: data.sources[name].first for name in self.stores}
+        # data.sources.<name>.draw: mixture id i reads training sequence order[first + i], where
+        # order is a permutation of all the store's training sequences seeded by ``draw``
+        self.draw = {name: data.sources[name].draw for name in self.stores}
+        self._order = {
+            name: np.random.default_rng(d).permutation(self.stores[name].train.num_sequences(self.seq_len))
+            for name, d in self.draw.items() if d is not None
+        }
         for name, store in self.stores.items():
             available = store.train.num_sequences(self.seq_len) - self.first[name]
             limit = data.sources[name].sequences
@@ -196,12 +206,14 @@ class RunPlan:
             sizes[name] = available if limit is None else limit
         self.train_sequences = sizes
         caps = {name: src.max_epochs for name, src in data.sources.items()}
+        # the training sequences a drawn source's mixture ids read (units are measured on them)
+        drawn = {n: self.train_ids(n, np.arange(sizes[n])) for n in self._order}
         phases: list[PhasePlan] = []
         start = 0
         for i, pc in enumerate(phase_cfgs):
             seed = phase_seed(data.seed, i) if pc.seed is None else int(pc.seed)
             try:
-                schedule, steps, description = resolve_phase(pc, self.stores, sizes=sizes, first=self.first,
+                schedule, steps, description = resolve_phase(pc, self.stores, sizes=sizes, first=self.first, drawn=drawn,
                                                               seq_len=self.seq_len, batch_size=self.batch_size)
                 unknown = [s for s in schedule.sources if s not in sizes]
                 if unknown:
@@ -255,6 +267,13 @@ class RunPlan:
         b = p.mixture.global_batch(ps)
         return b, self._index[p.index][b.source_index]
 
+    def train_ids(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """The store's training sequence ids of mixture ids ``ids`` of source ``name``
+        (``first + id``, through the seeded shuffle when the source has a ``draw``)."""
+        k = np.asarray(ids, dtype=np.int64) + self.first[name]
+        order = self._order.get(name)
+        return k if order is None else order[k]
+
     def sequences_seen(self, completed: int) -> dict[str, int]:
         """Training sequences drawn from each source by the first ``completed`` updates."""
         out = {name: 0 for name in self.sources}
@@ -297,7 +316,9 @@ class RunPlan:
         # and offset: a pre-training step on generic data is the same step in a run whose
         # target is Python and in one whose target is Basque (they share that prefix).
         drawn = np.unique(src)  # sorted
-        names = [[self.sources[i], self.stores[self.sources[i]].fingerprint, self.first[self.sources[i]]] for i in drawn.tolist()]
+        names = [[self.sources[i], self.stores[self.sources[i]].fingerprint, self.first[self.sources[i]]]
+                 + ([self.draw[self.sources[i]]] if self.draw[self.sources[i]] is not None else [])
+                 for i in drawn.tolist()]
         local = np.searchsorted(drawn, src)
         digest = _hash(names, np.ascontiguousarray(local, dtype="<i8").tobytes(), np.ascontiguousarray(batch.ids, dtype="<i8").tobytes())
         return {"reset": self.reset_at(step), "lr": self.lr_at(step), "batch": digest[:16]}

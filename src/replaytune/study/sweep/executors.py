@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 
+from replaytune.errors import ConfigError
 from replaytune.study.sweep.task import Launcher, LocalLauncher, Outcome, RunTask, run_task
 
 
@@ -69,25 +70,29 @@ class InlineExecutor:
         pass
 
 
-def _process_worker(job: RunTask, queue: Any) -> Outcome:
+def _process_worker(job: RunTask, queue: Any, threads: int = 1) -> Outcome:
     """Entry point of a local worker process (spawned: no state shared with the parent).
 
     Each completed update puts ``(index, step)`` on ``queue`` for the parent's progress bar.
     """
-    return run_task(job, threads=1, callbacks=[lambda trainer: queue.put((job.index, trainer.step))])
+    return run_task(job, threads=threads, callbacks=[lambda trainer: queue.put((job.index, trainer.step))])
 
 
 class ProcessExecutor:
-    """``workers`` local processes, one torch thread each.
+    """``workers`` local processes, ``threads`` torch threads each (default one).
 
     On 2 cores two single-threaded processes train tiny models faster than one process with
-    two threads (BENCHMARKS.md). Floating-point results depend on the thread count, so a
-    sweep is bit-reproducible for a fixed ``workers`` setting (one thread per run).
+    two threads (BENCHMARKS.md). Floating-point results depend on the thread count (the order
+    of the sums), so a sweep is bit-reproducible for fixed ``workers`` and ``threads``; another
+    thread count runs the same experiment with other rounding.
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, threads: int = 1):
+        if workers < 1 or threads < 1:
+            raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
         self.max_running = workers
-        self.label = f"sweep ({workers} workers)"
+        self.threads = threads
+        self.label = f"sweep ({workers} workers" + (f", {threads} threads each)" if threads > 1 else ")")
 
     def start(self, root: Path, on_step: Callable[[int, int], None]) -> None:
         import multiprocessing as mp
@@ -100,7 +105,7 @@ class ProcessExecutor:
         self.pool = ProcessPoolExecutor(max_workers=self.max_running, mp_context=ctx)
 
     def submit(self, job: RunTask) -> Any:
-        return self.pool.submit(_process_worker, job, self.queue)
+        return self.pool.submit(_process_worker, job, self.queue, self.threads)
 
     def _drain(self) -> None:
         while not self.queue.empty():
