@@ -172,6 +172,11 @@ def shape_points(shape: str | Sequence[Sequence[float]], *, lr_schedule: str = "
     return pts
 
 
+def mean_rho(points: Sequence[tuple[float, float]]) -> float:
+    """The shape's mean replay fraction over the phase (trapezoids between its points)."""
+    return float(sum((t1 - t0) * (r0 + r1) / 2.0 for (t0, r0), (t1, r1) in zip(points, points[1:])))
+
+
 def _check_points(pts: list[tuple[float, float]], what: str) -> None:
     try:
         _check_times([t for t, _ in pts])

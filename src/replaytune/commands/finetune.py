@@ -113,6 +113,8 @@ def register(subparsers) -> None:
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
     a("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
       help="also log to these trackers, comma-separated (Transformers' name; metrics.jsonl is always written)")
+    a("--replay-schedule", metavar="SHAPE", help="a replay ramp instead of one fraction: linear:A:B (rho from A to B), "
+      "upsample-end:K:A:B, follow-lr:A:B, stepped:K:A:B; counted like --replay-fraction, target epochs unchanged")
     p.set_defaults(func=run)
 
 
@@ -198,6 +200,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "output": args.output,
         "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "weights_dtype": args.weights_dtype, "load_in_4bit": args.load_in_4bit, "parallel": args.parallel,
         "overrides": args.overrides, "progress": args.progress, "report_to": args.report_to,
+        "replay_schedule": args.replay_schedule,
     }
     return values
 

@@ -58,6 +58,7 @@ from replaytune.finetune.outputs import (
 from replaytune.finetune.phase import FinetuneTrainer, build_run_config
 from replaytune.finetune.plan import ReplayPlan, realised_units, replay_plan, spec_for
 from replaytune.fsio import write_json, write_text
+from replaytune.ramp import shape_points as ramp_points
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.plan import RunPlan
 
@@ -118,6 +119,8 @@ def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[Toke
     from replaytune.finetune.plan import replay_read_cap
 
     rho = max(cfg.replay_candidates) if cfg.auto_replay else cfg.rho
+    if cfg.replay_schedule is not None:  # a ramp draws no more replay than its largest rho held throughout
+        rho = max(rho if cfg.auto_replay else 0.0, *(r for _, r in ramp_points(cfg.replay_schedule)))
     target_args = {n: arg for n, (side, arg) in source_names(cfg).items() if side == TARGET}
     targets = {n: prepared[n][0] for n in target_args}
     epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS.get(t.kind, 1.0) for t in targets.values())
