@@ -44,3 +44,22 @@ def test_replay_schedule_with_a_fixed_fraction_is_refused(finetune_cfg):
 def test_a_bad_replay_schedule_names_the_flag(finetune_cfg):
     with pytest.raises(Exception, match=r"--replay-schedule\) linear:0.75:1.5: .*rho must be in \[0, 1\], got 1.5"):
         finetune_cfg(replay_fraction=None, replay_schedule="linear:0.75:1.5")
+
+
+def test_auto_search_takes_the_schedule_as_one_more_candidate(finetune_cfg):
+    from replaytune.finetune import run_finetune
+
+    cfg = finetune_cfg(replay_fraction="auto", replay_candidates=[0.0, 0.5], replay_schedule="linear:0.75:0.25",
+                       epochs=4, seq_len=16)
+    res = run_finetune(cfg)
+    search = json.loads((res.output / "replay_search.json").read_text())
+    cands = search["candidates"]
+    assert [(c["rho"], c.get("schedule")) for c in cands] == [(0.0, None), (0.5, None), (0.5, "linear:0.75:0.25")]
+    assert (res.output / "search" / "ramp-linear_0.75_0.25").is_dir()
+    # the ramp runs as long as rho = 0.5 (same mean target weight) and is judged on the same rungs
+    assert cands[2]["steps_full"] == cands[1]["steps_full"]
+    finished = [c for c in cands if c["eliminated_at"] is None and c["steps_run"] == c["steps_full"]]
+    best = min(finished, key=lambda c: c["target_loss"])
+    assert (best["rho"], best.get("schedule")) == (search["chosen_rho"], search.get("chosen_schedule"))
+    assert res.summary["plan"].get("replay_schedule") == best.get("schedule")
+    assert "linear:0.75:0.25" in (res.output / "replay_search.md").read_text()

@@ -207,7 +207,8 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
             started = True  # candidates' runs exist from here on: a failure leaves them for --resume
             search = fsearch.run_search(cfg, stores, paths, out, epochs, say)
             chosen = search.chosen.candidate
-            cfg = cfg.model_copy(update={"replay_fraction": chosen.rho, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
+            cfg = cfg.model_copy(update={"replay_fraction": None if chosen.schedule else chosen.rho,
+                                         "replay_schedule": chosen.schedule, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
             run_dir = fsearch.run_dir(out, chosen)
         # the run's one plan: the spec goes into the run config, the loop's RunPlan resolves it, and the
         # same RunPlan is described here and trained on (under auto too: the chosen rho is planned once)
@@ -252,7 +253,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         }
         if search is not None:
             result.summary["search"] = fsearch.write_outputs(out, search)
-            say(f"replay fraction search: chose rho {chosen.rho:g}"
+            say(f"replay fraction search: chose rho {chosen.rho:g}" + (f" ({chosen.schedule})" if chosen.schedule else "")
                 + ("" if chosen.lr is None else f", LR {chosen.lr:g}")
                 + f" ({search.steps_computed:,} of {search.steps_grid:,} grid steps); see {out / fsearch.MD}")
         for folder in ("model", "adapter"):
