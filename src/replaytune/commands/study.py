@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "1024 steps of 1024 x 4096 tokens): give it your stores with --set target_store=... generic_store=...",
     )
     p.add_argument("config", nargs="?", help="study YAML (fields of replaytune.study.runs.StudyConfig)")
-    p.add_argument("--preset", choices=["paper"], help="start from a named preset")
+    p.add_argument("--preset", choices=["paper", "ramps"], help="start from a named preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--out", default="study-out", help="output directory (default: study-out)")
     p.add_argument("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from replaytune.study import efficiency as eff
+from replaytune.study import ramps as study_ramps
 from replaytune import rundir
 from replaytune.fsio import write_text
 from replaytune.trackers import ReportTo
@@ -108,6 +109,8 @@ class StudyConfig(_Frozen):
         False, description="Replay the replay-fraction search (replaytune.search) on the fine-tuning grid: the runs "
         "are also evaluated at the search's rungs, and results.json reports per seed what the search chose, at what "
         "share of the grid's steps, next to the grid's best.")
+    ramps: study_ramps.RampGrid | None = Field(
+        None, description="Ramp arms (continuous replay schedules) beside the two-stage grid (study/ramps.py).")
     switch_evals: list[int] = Field(
         [], description="Extra held-out evaluations at these offsets from the switch to target data (e.g. -32, 8, 64), "
         "in the first seed's fine-tuning and mid-training runs: the loss spike the paper's 'distribution shift' "
@@ -175,6 +178,9 @@ def build_runs(study: StudyConfig) -> list[tuple[dict[str, Any], RunConfig]]:
                     runs.append((labels, _midtrain_run(study, name, T, rho, alpha, seed, warm, dense=seed == seeds[0])))
     if study.reference is not None:
         runs += _reference_runs(study, warm)
+    if study.ramps is not None:
+        for labels, name, n, first, phases in study_ramps.ramp_arms(study, warm):
+            runs.append((labels, validate({**_base(study, name, n, first), "phases": phases}, f"study run {name}")))
     return runs
 
 
@@ -324,6 +330,8 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
     family = study.reference.family if study.reference is not None else "uniform"
     results["meta"]["reference_family"] = family
     results.update(analyse(rows, family, level=study.reference.level if study.reference is not None else eff.LEVEL))
+    if study.ramps is not None:
+        results["ramps"] = study_ramps.compare_ramps(rows, results["efficiency"].get("curves"), level=study.ramps.level)
     if study.replay_search:
         results["replay_search"] = {s: replay_search(study, labelled, s, results.get("noise", {}))
                                     for s in ("finetune", "midtrain") if getattr(study, s) is not None}
@@ -436,7 +444,10 @@ PAPER = {
     "eval": {"interval": 64, "sequences": 10240, "batch_size": 64},
 }
 
-PRESETS = {"paper": PAPER}
+# The paper's setup with ramp arms (study/ramps.py) beside its two-stage grid, at the same seeds.
+RAMPS = {**PAPER, "ramps": {"seeds": [0, 1, 2, 3]}, "seeds": [0, 1, 2, 3], "midtrain": {**PAPER["midtrain"], "seed_alphas": [1.0]}}
+
+PRESETS = {"paper": PAPER, "ramps": RAMPS}
 
 
 def load_study(path: str | Path | None, overrides: list[str] | None = None, preset: str | None = None) -> StudyConfig:
