@@ -85,3 +85,13 @@ def test_compare_ramps_names_the_best_arm_and_the_verdict():
     # x_eff = (A / (L - C))^(1/B): seed 0 gives (1/0.9)^2 / (1/1)^2
     assert row["multiplier"] > 1.2
     assert any("beats it" in line for line in ramps.summary_lines(comp))
+
+
+def test_ramps_preset_is_the_paper_setup_with_ramp_arms():
+    cfg = study.load_study(None, ["target_store=t", "generic_store=g"], preset="ramps")
+    assert (cfg.steps, cfg.batch_size, cfg.seq_len, cfg.model.preset) == (1024, 1024, 4096, "150m")
+    labelled = study.build_runs(cfg)
+    arms = [lab for lab, _ in labelled if lab["setting"].endswith("_ramp")]
+    assert len(arms) == (3 + 3) * 4  # three shapes per setting, four paired seeds
+    ft = {lab["schedule"]: lab["switch_step"] for lab in arms if lab["setting"] == "finetune_ramp"}
+    assert set(ft.values()) == {1024 - 256}  # mean rho 0.75: 64 epochs / 0.25, as the rho = 0.75 arm
