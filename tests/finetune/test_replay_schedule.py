@@ -34,6 +34,7 @@ def test_cli_replay_schedule_runs_a_ramp_with_exact_target_epochs(assets, tmp_pa
     report = json.loads((out / "forgetting.json").read_text())
     assert report["plan"]["replay_schedule"] == "linear:0.75:0.25"
     assert report["loss"]["target"]["change"] < 0
+    assert "Replay fraction 0.5 (mean of the replay schedule linear:0.75:0.25)" in (out / "forgetting.md").read_text()
 
 
 def test_replay_schedule_with_a_fixed_fraction_is_refused(finetune_cfg):
