@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from replaytune import ramp as ramps
 from replaytune import schedule as sched
 from replaytune.data.mixture import Mixture
 
@@ -34,6 +35,9 @@ def main() -> None:
         "two-stage rho=0.75 alpha=0.25": sched.two_stage(args.steps, 0.03, 0.75, 0.25).schedule,
         "uniform gamma=1/3 (3 sources)": Schedule3(),
         "finetune rho=0.5 (integer counts)": sched.finetune(1, args.steps, 0.5).schedule,
+        # a continuous ramp: the target share moves every step (cumulative rounding, two sources)
+        "ramp stepped:3:0.9:0.5 gamma=0.03": ramps.midtrain_ramp(args.steps, 0.03, ramps.shape_points("stepped:3:0.9:0.5")).schedule,
+        "ramp linear:0.75:0.25 (3 sources)": Ramp3(args.steps),
     }
     for name, schedule in cases.items():
         sizes = {src: 50_000 if src != "target" else args.batch * 4 for src in schedule.sources}
@@ -55,6 +59,11 @@ def main() -> None:
 
 def Schedule3():
     return sched.Schedule([sched.Stage(0, {"target": 1, "generic": 1, "code": 1})])
+
+
+def Ramp3(steps):
+    pts = ((0.0, (0.25, 0.5, 0.25)), (1.0, (0.75, 0.125, 0.125)))
+    return ramps.Ramp(pts, steps, ("target", "generic", "code"))
 
 
 if __name__ == "__main__":

@@ -169,6 +169,16 @@ class FinetuneSpec(_Frozen):
     target: Side = Field("target", description="The target source, or names with their parts of the target side.")
     generic: Side | None = Field("generic", description="The replay source, or names with their parts of the generic "
                                  "side; null or {} for none (rho must then be 0).")
+    ramp: str | list[tuple[float, float]] | None = Field(
+        None, description="A replay schedule instead of one rho: a preset (linear:A:B, upsample-end:K:A:B, "
+        "follow-lr:A:B, stepped:K:A:B) or points [[t, rho], ...] over the phase (t from 0 to 1); rho still counts "
+        "`unit`, the target epochs stay exact and the phase length follows (replaytune.ramp).")
+
+    @model_validator(mode="after")
+    def _one_rho(self):
+        if self.ramp is not None and self.replay != 0:
+            raise ValueError(f"give replay ({self.replay:g}) or ramp ({self.ramp!r}), not both")
+        return self
 
     @property
     def sources(self) -> list[str]:
@@ -179,6 +189,17 @@ class TwoStageSpec(_Frozen):
     gamma: float = Field(gt=0, le=1, description="Fraction of all steps' data that is target data.")
     replay: float = Field(0.0, ge=0, lt=1, description="Replay fraction rho of Stage 2.")
     alpha: float = Field(1.0, ge=0, le=1, description="Share of the target data placed in Stage 2.")
+    target: str = "target"
+    generic: str = "generic"
+
+
+class RampSpec(_Frozen):
+    """Mid-training under a replay ramp: gamma of the phase is target data, in the shape of ``1 - rho(t)``."""
+
+    gamma: float = Field(gt=0, le=1, description="Fraction of all steps' data that is target data.")
+    shape: str | list[tuple[float, float]] = Field(
+        description="A preset (linear:A:B, upsample-end:K:A:B, follow-lr:A:B, stepped:K:A:B) or points [[t, rho], ...]; "
+        "the target weight is scaled so the phase holds gamma.")
     target: str = "target"
     generic: str = "generic"
 
@@ -197,6 +218,7 @@ class PhaseConfig(_Frozen):
     finetune: FinetuneSpec | None = None
     two_stage: TwoStageSpec | None = None
     uniform: UniformSpec | None = None
+    ramp: RampSpec | None = None
     lr: LRConfig = LRConfig()
     reset_optimizer: bool = Field(False, description="Fresh optimizer state and LR re-warm at this phase's start.")
     eval_interval: int | None = Field(
@@ -214,9 +236,10 @@ class PhaseConfig(_Frozen):
 
     @model_validator(mode="after")
     def _one_schedule(self):
-        given = [k for k in ("stages", "constant", "finetune", "two_stage", "uniform") if getattr(self, k) is not None]
+        kinds = ("stages", "constant", "finetune", "two_stage", "uniform", "ramp")
+        given = [k for k in kinds if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of stages, constant, finetune, two_stage, uniform (got {given or 'none'})")
+            raise ValueError(f"give exactly one of {', '.join(kinds)} (got {given or 'none'})")
         if self.finetune is None and self.steps is None:
             raise ValueError("steps is required (only a finetune schedule derives its own)")
         return self
@@ -229,6 +252,8 @@ class PhaseConfig(_Frozen):
             return [self.two_stage.target, self.two_stage.generic]
         if self.uniform is not None:
             return [self.uniform.target, self.uniform.generic]
+        if self.ramp is not None:
+            return [self.ramp.target, self.ramp.generic]
         if self.constant is not None:
             return [self.constant]
         return list(dict.fromkeys(name for st in self.stages or [] for name in dict(st.get("weights") or {})))

@@ -52,10 +52,12 @@ class Candidate:
     rho: float
     lr: float | None
     steps: int
+    schedule: str | None = None  # a replay ramp (its mean rho is ``rho``)
 
     @property
     def key(self) -> str:
-        return f"rho{self.rho:g}" + ("" if self.lr is None else f"_lr{self.lr:g}")
+        head = f"rho{self.rho:g}" if self.schedule is None else "ramp-" + self.schedule.replace(":", "_")
+        return head + ("" if self.lr is None else f"_lr{self.lr:g}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ class Entry:
 
     def to_dict(self) -> dict[str, Any]:
         c = self.candidate
-        return {"rho": c.rho, "lr": c.lr, "target_loss": self.target_loss, "generic_loss": self.generic_loss,
+        return {"rho": c.rho, "lr": c.lr, **({"schedule": c.schedule} if c.schedule else {}), "target_loss": self.target_loss, "generic_loss": self.generic_loss,
                 "steps_run": self.steps_run, "steps_full": c.steps, "eliminated_at": self.eliminated_at,
                 "reason": self.reason, "history": self.history}
 
@@ -106,6 +108,7 @@ class SearchResult:
         return {
             "chosen_rho": self.chosen.candidate.rho,
             "chosen_lr": self.chosen.candidate.lr,
+            **({"chosen_schedule": self.chosen.candidate.schedule} if self.chosen.candidate.schedule else {}),
             "candidates": [e.to_dict() for e in self.entries],
             "steps_computed": self.steps_computed,
             "steps_grid": self.steps_grid,

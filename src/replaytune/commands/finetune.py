@@ -120,6 +120,8 @@ def register(subparsers) -> None:
     a("--hub-model-id", "--hub_model_id", dest="hub_model_id", metavar="OWNER/NAME", help="hub repository to push to")
     a("--hub-private-repo", "--hub_private_repo", dest="hub_private_repo", action="store_true", default=None,
       help="create the hub repository private")
+    a("--replay-schedule", metavar="SHAPE", help="a replay ramp instead of one fraction: linear:A:B (rho from A to B), "
+      "upsample-end:K:A:B, follow-lr:A:B, stepped:K:A:B; counted like --replay-fraction, target epochs unchanged")
     p.set_defaults(func=run)
 
 
@@ -221,6 +223,7 @@ def flag_values(args: argparse.Namespace) -> dict:
         "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "weights_dtype": args.weights_dtype, "load_in_4bit": args.load_in_4bit, "parallel": args.parallel,
         "overrides": args.overrides, "progress": args.progress, "report_to": args.report_to,
         **{k: getattr(args, k) for k in ("save_dtype", "push_to_hub", "hub_model_id", "hub_private_repo")},
+        "replay_schedule": args.replay_schedule,
     }
     return values
 

@@ -1,11 +1,14 @@
-"""``replaytune schedule``: print the paper's schedules (fine-tuning budget, two-stage, uniform)."""
+"""``replaytune schedule``: print the paper's schedules (fine-tuning budget, two-stage, uniform) and ramps."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 
+from replaytune import ramp as ramps
 from replaytune import schedule as sched
+from replaytune.fsio import write_bytes
 
 
 def _table(info: dict) -> str:
@@ -42,6 +45,64 @@ def _two_stage(args) -> int:
 def _uniform(args) -> int:
     s = sched.uniform(args.target_fraction)
     return _emit({"setting": "uniform", "steps": args.steps, "gamma": args.target_fraction, **s.to_dict()}, args.json)
+
+
+def _ramp_table(info: dict) -> str:
+    lines = [f"{k:>18}: {info[k]:.6g}" if isinstance(info[k], float) else f"{k:>18}: {info[k]}"
+             for k in ("setting", "steps", "target_steps", "epochs", "gamma", "mean_target_weight") if k in info]
+    pts = info["ramp"]["points"]
+    names = list(pts[0]["weights"])
+    header = f"{'t':>8} {'step':>8} {'rho':>8} " + " ".join(f"{n:>10}" for n in names)
+    lines += ["", header, "-" * len(header)]
+    for (t, rho), p in zip(info["rho_points"], pts) if len(pts) == len(info["rho_points"]) else []:
+        lines.append(f"{t:>8.4f} {t * info['steps']:>8.1f} {rho:>8.4f} " + " ".join(f"{p['weights'][n]:>10.4f}" for n in names))
+    if len(pts) != len(info["rho_points"]):  # refined for units: the sequence weights at every point
+        for p in pts:
+            lines.append(f"{p['t']:>8.4f} {p['t'] * info['steps']:>8.1f} {'':>8} " + " ".join(f"{p['weights'][n]:>10.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def _ramp(args) -> int:
+    shape = ramps.shape_points(args.shape, lr_schedule=args.lr_schedule, decay=args.decay)
+    if args.steps is not None:
+        if args.target_fraction is None:
+            raise sched.ScheduleError("schedule ramp --steps: give --target-fraction (gamma) too")
+        plan = ramps.midtrain_ramp(args.steps, args.target_fraction, shape)
+    else:
+        if args.target_steps is None or args.epochs is None:
+            raise sched.ScheduleError("schedule ramp: give --target-steps and --epochs (fine-tuning) "
+                                      "or --steps and --target-fraction (mid-training)")
+        plan = ramps.finetune_ramp(args.target_steps, args.epochs, shape)
+    info = plan.to_dict()
+    if args.plot:
+        _plot(plan, args.shape if isinstance(args.shape, str) else "ramp", args.plot)
+    print(json.dumps(info, indent=2) if args.json else _ramp_table(info))
+    return 0
+
+
+def _plot(plan, title: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    steps = np.arange(plan.steps + 1)
+    cum = plan.ramp.cumulative(steps)
+    per = np.diff(cum, axis=0)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for i, name in enumerate(plan.ramp.sources):
+        ax.plot(steps[:-1], per[:, i], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("share of the batch (sequences)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title}: {plan.steps} steps")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.rsplit(".", 1)[-1] if "." in path else "png")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,3 +144,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--target-fraction", type=float, required=True, help="gamma: target weight of every batch")
     u.add_argument("--json", action="store_true", help="print JSON instead of a table")
     u.set_defaults(func=_uniform)
+
+    r = kinds.add_parser(
+        "ramp",
+        help="a continuous replay schedule: rho at points, linear between them",
+        description="A replay ramp (replaytune.ramp). Fine-tuning (--target-steps, --epochs): the target epochs "
+        "stay exact and the phase length is solved. Mid-training (--steps, --target-fraction): the shape 1 - rho(t) "
+        "is scaled to hold gamma of target data.",
+    )
+    r.add_argument("--shape", required=True, help="linear:A:B, upsample-end:K:A:B, follow-lr:A:B or stepped:K:A:B "
+                   "(rho from A to B; K: the final fraction, or the number of steps up)")
+    r.add_argument("--target-steps", type=float, help="fine-tuning: unique target data, in batches")
+    r.add_argument("--epochs", type=float, help="fine-tuning: passes over the target data")
+    r.add_argument("--steps", type=int, help="mid-training: total steps N of the run")
+    r.add_argument("--target-fraction", type=float, help="mid-training: gamma, the run's fraction of target data")
+    r.add_argument("--lr-schedule", default="wsd", choices=sched.LR_SCHEDULES,
+                   help="where follow-lr and stepped sit (default wsd)")
+    r.add_argument("--decay", type=float, default=0.1, help="WSD decay fraction (default 0.1)")
+    r.add_argument("--plot", metavar="FILE", help="also draw the per-step shares to FILE (png, pdf, svg)")
+    r.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    r.set_defaults(func=_ramp)

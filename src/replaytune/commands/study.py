@@ -34,10 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Pre-train, fine-tune with and without replay (total steps fixed, best LR per rho), "
         "mid-train over the rho x alpha grid, run uniform-mixing reference runs, fit L(x) = A/x^B + C and report "
         "target-data efficiency multipliers and forgetting. `--preset paper` is the paper's setup (150M model, "
-        "1024 steps of 1024 x 4096 tokens): give it your stores with --set target_store=... generic_store=...",
+        "1024 steps of 1024 x 4096 tokens): give it your stores with --set target_store=... generic_store=...; "
+        "`--preset ramps` adds continuous replay schedules (ramps) beside its two-stage grid, 4 paired seeds.",
     )
     p.add_argument("config", nargs="?", help="study YAML (fields of replaytune.study.runs.StudyConfig)")
-    p.add_argument("--preset", choices=["paper"], help="start from a named preset")
+    p.add_argument("--preset", choices=["paper", "ramps"], help="start from a named preset")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     p.add_argument("--out", default="study-out", help="output directory (default: study-out)")
     p.add_argument("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,

@@ -135,6 +135,26 @@ class FinetuneConfig(Frozen):
         None, description="rho: replay share of each batch (default 0.5 with a replay source, else 0); 'auto' searches "
         "replay_candidates (and lr_candidates) by held-out target loss at a fraction of the grid's compute."
     )
+    replay_schedule: str | list[tuple[float, float]] | None = Field(
+        None, description="A replay ramp instead of one rho: linear:A:B, upsample-end:K:A:B, follow-lr:A:B, stepped:K:A:B "
+        "or points [[t, rho], ...] (rho still counted in replay_unit; target epochs exact; replaytune.ramp).")
+
+    @model_validator(mode="after")
+    def _schedule_alone(self):
+        if self.replay_schedule is not None and self.replay_fraction not in (None, "auto"):
+            raise ValueError(f"give replay_fraction ({self.replay_fraction}) or replay_schedule, not both")
+        if self.replay_schedule is not None and self.replay is None:
+            raise ValueError("replay_schedule needs a replay source (--replay)")
+        if self.replay_schedule is not None:
+            from replaytune.ramp import shape_points
+            from replaytune.schedule import ScheduleError
+
+            try:
+                shape_points(self.replay_schedule, lr_schedule=self.lr_schedule)
+            except ScheduleError as exc:
+                raise ValueError(f"replay_schedule (--replay-schedule) {self.replay_schedule}: {exc}") from None
+        return self
+
     replay_candidates: list[float] = Field(
         [0.0, 0.25, 0.5, 0.75, 0.875], description="replay fraction auto: the rho values searched.")
     lr_candidates: list[float] | None = Field(None, description="replay fraction auto: peak LRs searched (default: lr only).")

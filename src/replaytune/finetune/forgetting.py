@@ -126,7 +126,8 @@ def format_report(report: dict[str, Any]) -> str:
     rho = plan.get("replay_fraction")
     head = "# Forgetting report\n\n"
     if rho is not None:
-        head += (f"Replay fraction {rho:g} (counted in {plan.get('replay_unit', 'tokens')}), {plan.get('epochs', 0):g} "
+        ramp = f" (mean of the replay schedule {plan['replay_schedule']})" if plan.get("replay_schedule") else ""
+        head += (f"Replay fraction {rho:g}{ramp} (counted in {plan.get('replay_unit', 'tokens')}), {plan.get('epochs', 0):g} "
                  f"target epochs, {report.get('steps')} steps.\n\n")
     lines = ["| held-out set | sequences | loss tokens | base model | fine-tuned | change |", "|---|---:|---:|---:|---:|---:|"]
     for name, row in report["loss"].items():

@@ -74,7 +74,7 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan | dict[str, Any], sto
         "phases": [{
             "name": "finetune", "finetune": plan if isinstance(plan, dict) else finetune_spec(
                 {role: plan.side_parts(role) for role in (TARGET, GENERIC)}, replay_fraction=plan.replay_fraction,
-                epochs=plan.epochs, unit=plan.unit),
+                epochs=plan.epochs, unit=plan.unit, ramp=plan.ramp),
             "lr": {"peak": cfg.peak_lr, "schedule": cfg.lr_schedule, "warmup": cfg.warmup, "final_ratio": cfg.final_lr_ratio},
         }],
         "optim": {"weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip},

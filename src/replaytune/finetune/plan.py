@@ -15,13 +15,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from replaytune import ramp as ramps
 from replaytune import schedule
 from replaytune.config import DataConfig, PhaseConfig
 from replaytune.data.mixture import Mixture
 from replaytune.data.store import UNITS, TokenStore
 from replaytune.errors import ConfigError, DataError
 from replaytune.finetune.config import FinetuneConfig, label, source_names
-from replaytune.schedule import GENERIC, TARGET, Schedule
+from replaytune.schedule import GENERIC, TARGET, Schedule, ScheduleError
 from replaytune.train.plan import RunPlan
 
 
@@ -53,10 +54,13 @@ class ReplayPlan:
     sides: dict[str, str] = field(default_factory=dict)  # source -> target or generic
     parts: dict[str, float] = field(default_factory=dict)  # each source's part of its side (sums to 1 per side)
     mixture: Mixture | None = field(default=None, compare=False, repr=False)  # the plan's batches (train/plan.RunPlan)
+    ramp: Any = None  # a replay schedule (preset or points); replay_fraction is then its mean rho
 
     @property
     def weights(self) -> dict[str, float]:
-        """Sequence share of each source in every batch."""
+        """Sequence share of each source in every batch (under a ramp: over the whole phase)."""
+        if isinstance(self.schedule, ramps.Ramp):
+            return self.schedule.mean_weights()
         return dict(self.schedule.stages[0].weights)
 
     def side(self, role: str) -> list[str]:
@@ -101,6 +105,7 @@ class ReplayPlan:
             "target_batches": self.target_batches,
             "steps": self.steps,
             "steps_formula": f"ceil({self.target_sequences} x {self.epochs:g} / ({self.batch_size} x {w_t:.6g})) = {self.steps}",
+            **({"replay_schedule": self.ramp} if self.ramp is not None else {}),
             **several,
         }
 
@@ -116,6 +121,7 @@ def plan_replay(
     unit: str = "tokens",
     weights: Mapping[str, float] | None = None,
     seed: int = 0,
+    ramp: Any = None,
 ) -> ReplayPlan:
     """Weights ``w_i ~ share_i / m_i`` (m_i: mean ``unit`` per sequence) and ``steps``.
 
@@ -131,7 +137,7 @@ def plan_replay(
     so :func:`replaytune.schedule.finetune` only ever sees valid ones.
     """
     stores, spec = check_sides(target, generic, replay_fraction=replay_fraction, epochs=epochs, seq_len=seq_len,
-                               unit=unit, weights=weights)
+                               unit=unit, weights=weights, ramp=ramp)
     data = DataConfig(sources={name: {"store": str(store.path)} for name, store in stores.items()},
                       seq_len=seq_len, batch_size=batch_size, seed=seed)
     return replay_plan(RunPlan.of_phases(data, [PhaseConfig(name="finetune", finetune=spec)], stores))
@@ -146,14 +152,21 @@ def check_sides(
     seq_len: int,
     unit: str = "tokens",
     weights: Mapping[str, float] | None = None,
+    ramp: Any = None,
 ) -> tuple[dict[str, TokenStore], dict[str, Any]]:
     """The stores by name and the phase spec (``config.FinetuneSpec``) of a fine-tune, checked in the user's words.
 
     Inputs that cannot make a plan (too little data, a target without loss-bearing tokens,
     replay without a replay source, a bad weight) are refused here, naming the flag or source,
-    so the plan (``train/plan.resolve_phase``) only ever sees valid ones.
+    so the plan (``train/plan.resolve_phase``) only ever sees valid ones. ``ramp``: a replay
+    schedule (``--replay-schedule``) in place of ``replay_fraction``; its largest rho is checked.
     """
     rho = float(replay_fraction)
+    if ramp is not None:
+        try:
+            rho = max(r for _, r in ramps.shape_points(ramp))
+        except ScheduleError as exc:
+            raise ConfigError(f"--replay-schedule {ramp}: {exc}") from None
     if not (0.0 <= rho < 1.0):
         raise ConfigError(f"replay_fraction must be in [0, 1), got {rho:g}")
     if not (epochs > 0 and math.isfinite(epochs)):
@@ -191,13 +204,15 @@ def check_sides(
     for name, w in given.items():
         if name in stores and not (w > 0 and math.isfinite(w)):
             raise ConfigError(f"{label(name)} source: weight must be > 0, got {w:g}")
-    return stores, finetune_spec(side_weights, replay_fraction=rho, epochs=epochs, unit=unit)
+    return stores, finetune_spec(side_weights, replay_fraction=0.0 if ramp is not None else rho, epochs=epochs,
+                                 unit=unit, ramp=ramp)
 
 
 def finetune_spec(side_weights: Mapping[str, Mapping[str, float]], *, replay_fraction: float, epochs: float,
-                  unit: str) -> dict[str, Any]:
+                  unit: str, ramp: Any = None) -> dict[str, Any]:
     """The fine-tuning phase spec (``config.FinetuneSpec``) of target and generic sources with their weights."""
-    return {"epochs": float(epochs), "replay": float(replay_fraction), "unit": unit,
+    extra = {"ramp": ramp if isinstance(ramp, str) else [list(p) for p in ramp]} if ramp is not None else {}
+    return {"epochs": float(epochs), "replay": 0.0 if ramp is not None else float(replay_fraction), "unit": unit, **extra,
             "target": _side_arg(dict(side_weights[TARGET])), "generic": _side_arg(dict(side_weights[GENERIC]))}
 
 
@@ -210,9 +225,11 @@ def replay_plan(run_plan: RunPlan, index: int = 0) -> ReplayPlan:
     units = phase.description.get("units_per_sequence") or {n: 1.0 for n in names}
     role_of = {**{n: TARGET for n in t_side}, **{n: GENERIC for n in g_side}}
     parts = {n: w / sum(side.values()) for side in (t_side, g_side) for n, w in side.items()}
-    return ReplayPlan(float(f.replay), f.unit, float(f.epochs), run_plan.batch_size, run_plan.seq_len,
+    rho = float(f.replay) if f.ramp is None else ramps.mean_rho(ramps.shape_points(
+        f.ramp, lr_schedule=run_plan.phase_configs[index].lr.schedule, decay=run_plan.phase_configs[index].lr.decay))
+    return ReplayPlan(rho, f.unit, float(f.epochs), run_plan.batch_size, run_plan.seq_len,
                       {n: int(run_plan.train_sequences[n]) for n in names}, {n: float(units[n]) for n in names},
-                      phase.schedule, phase.steps, role_of, parts, phase.mixture)
+                      phase.schedule, phase.steps, role_of, parts, phase.mixture, f.ramp)
 
 
 def _weights(side) -> dict[str, float]:
@@ -238,7 +255,8 @@ def plan_for(cfg: FinetuneConfig, stores: Mapping[str, TokenStore], *, replay_fr
     side = {role: {n: stores[n] for n, (r, _) in names.items() if r == role} for role in (TARGET, GENERIC)}
     return plan_replay(side[TARGET], side[GENERIC] or None, replay_fraction=replay_fraction, epochs=epochs,
                        seq_len=cfg.seq_len, batch_size=cfg.batch_size, unit=cfg.replay_unit,
-                       weights={n: arg.weight for n, (_, arg) in names.items()}, seed=cfg.seed)
+                       weights={n: arg.weight for n, (_, arg) in names.items()}, seed=cfg.seed,
+                       ramp=cfg.replay_schedule if not cfg.auto_replay else None)
 
 
 def spec_for(cfg: FinetuneConfig, stores: Mapping[str, TokenStore], *, epochs: float) -> dict[str, Any]:
@@ -246,7 +264,8 @@ def spec_for(cfg: FinetuneConfig, stores: Mapping[str, TokenStore], *, epochs: f
     names = source_names(cfg)
     side = {role: {n: stores[n] for n, (r, _) in names.items() if r == role} for role in (TARGET, GENERIC)}
     return check_sides(side[TARGET], side[GENERIC] or None, replay_fraction=cfg.rho, epochs=epochs, seq_len=cfg.seq_len,
-                       unit=cfg.replay_unit, weights={n: arg.weight for n, (_, arg) in names.items()})[1]
+                       unit=cfg.replay_unit, weights={n: arg.weight for n, (_, arg) in names.items()},
+                       ramp=cfg.replay_schedule)[1]
 
 
 def replay_read_cap(

@@ -62,6 +62,7 @@ from replaytune.finetune.outputs import (
 from replaytune.finetune.phase import FinetuneTrainer, build_run_config
 from replaytune.finetune.plan import ReplayPlan, realised_units, replay_plan, spec_for
 from replaytune.fsio import write_json, write_text
+from replaytune.ramp import shape_points as ramp_points
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.train.plan import RunPlan
 
@@ -105,6 +106,8 @@ def _replay_cap(cfg: FinetuneConfig, src: Source, prepared: dict[str, tuple[Toke
     from replaytune.finetune.plan import replay_read_cap
 
     rho = max(cfg.replay_candidates) if cfg.auto_replay else cfg.rho
+    if cfg.replay_schedule is not None:  # a ramp draws no more replay than its largest rho held throughout
+        rho = max(rho if cfg.auto_replay else 0.0, *(r for _, r in ramp_points(cfg.replay_schedule)))
     target_args = {n: arg for n, (side, arg) in source_names(cfg).items() if side == TARGET}
     targets = {n: prepared[n][0] for n in target_args}
     epochs = cfg.epochs if cfg.epochs is not None else max(DEFAULT_EPOCHS.get(t.kind, 1.0) for t in targets.values())
@@ -199,7 +202,8 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
             started = True  # candidates' runs exist from here on: a failure leaves them for --resume
             search = fsearch.run_search(cfg, stores, paths, out, epochs, say)
             chosen = search.chosen.candidate
-            cfg = cfg.model_copy(update={"replay_fraction": chosen.rho, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
+            cfg = cfg.model_copy(update={"replay_fraction": None if chosen.schedule else chosen.rho,
+                                         "replay_schedule": chosen.schedule, "lr": chosen.lr if chosen.lr is not None else cfg.lr})
             run_dir = fsearch.run_dir(out, chosen)
         # the run's one plan: the spec goes into the run config, the loop's RunPlan resolves it, and the
         # same RunPlan is described here and trained on (under auto too: the chosen rho is planned once)
@@ -244,7 +248,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
         }
         if search is not None:
             result.summary["search"] = fsearch.write_outputs(out, search)
-            say(f"replay fraction search: chose rho {chosen.rho:g}"
+            say(f"replay fraction search: chose rho {chosen.rho:g}" + (f" ({chosen.schedule})" if chosen.schedule else "")
                 + ("" if chosen.lr is None else f", LR {chosen.lr:g}")
                 + f" ({search.steps_computed:,} of {search.steps_grid:,} grid steps); see {out / fsearch.MD}")
         for folder in ("model", "adapter"):

@@ -41,6 +41,12 @@ def candidates(cfg: FinetuneConfig, stores: dict[str, Any], epochs: float) -> li
             c_cfg = cfg.model_copy(update={"replay_fraction": float(rho), "lr": lr if lr is not None else cfg.lr})
             plan = plan_for(cfg, stores, replay_fraction=float(rho), epochs=epochs)
             out.append((Candidate(float(rho), lr, plan.steps), c_cfg, plan))
+    if cfg.replay_schedule is not None:  # --replay-schedule under auto: the ramp is one more candidate
+        shape = cfg.replay_schedule if isinstance(cfg.replay_schedule, str) else json.dumps(cfg.replay_schedule)
+        for lr in cfg.lr_candidates or [None]:
+            c_cfg = cfg.model_copy(update={"replay_fraction": None, "lr": lr if lr is not None else cfg.lr})
+            plan = plan_for(c_cfg, stores, replay_fraction=0.0, epochs=epochs)
+            out.append((Candidate(plan.replay_fraction, lr, plan.steps, shape), c_cfg, plan))
     return out
 
 
@@ -76,10 +82,10 @@ def _markdown(d: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for c in d["candidates"]:
-        mark = " (chosen)" if (c["rho"], c["lr"]) == (d["chosen_rho"], d["chosen_lr"]) else ""
+        mark = " (chosen)" if _is_chosen(c, d) else ""
         g = "-" if c["generic_loss"] is None else f"{c['generic_loss']:.4f}"
         stop = "-" if c["eliminated_at"] is None else f"{c['eliminated_at']:g} of its run"
-        lines.append(f"| {c['rho']:g}{mark} | {'-' if c['lr'] is None else format(c['lr'], 'g')} | "
+        lines.append(f"| {c['rho']:g}{' (' + c['schedule'] + ')' if c.get('schedule') else ''}{mark} | {'-' if c['lr'] is None else format(c['lr'], 'g')} | "
                      f"{c['target_loss']:.4f} | {g} | {c['steps_run']} / {c['steps_full']} | {stop} |")
     lines += ["", "Losses are each candidate's latest evaluation: a candidate stopped early is compared at "
               "fewer epochs than the finished ones. What the search can get wrong: a candidate that learns "
@@ -100,7 +106,7 @@ def _plot(d: dict[str, Any]) -> bytes:
                 continue
             done = c["eliminated_at"] is None
             ax.plot([c["rho"]], [c[key]], "o" if done else "x", color="#1f77b4" if done else "#999999", ms=8)
-            if (c["rho"], c["lr"]) == (d["chosen_rho"], d["chosen_lr"]):
+            if _is_chosen(c, d):
                 ax.plot([c["rho"]], [c[key]], "*", color="#d62728", ms=18, label="chosen")
         ax.set_xlabel("replay fraction rho")
         ax.set_ylabel(title + " (nats/token)")
@@ -142,3 +148,7 @@ def run_search(cfg: FinetuneConfig, stores, paths, out: Path, epochs: float, say
     say("replay fraction search: " + ", ".join(f"{c.key} ({c.steps} steps)" for c, _, _ in cands))
     return successive_halving([c for c, _, _ in cands], run_to, fractions=fractions, margin=cfg.search_margin,
                               base_generic=base_generic, max_forgetting=cfg.max_forgetting, log=say)
+
+
+def _is_chosen(c: dict[str, Any], d: dict[str, Any]) -> bool:
+    return (c["rho"], c["lr"], c.get("schedule")) == (d["chosen_rho"], d["chosen_lr"], d.get("chosen_schedule"))

@@ -14,6 +14,7 @@ from typing import Any
 from replaytune import rundir
 from replaytune import schedule as sched
 from replaytune.study import efficiency as eff
+from replaytune.study import ramps as study_ramps
 from replaytune.study.config import PAPER, StudyConfig
 
 
@@ -83,6 +84,8 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
                                                          mt.decay, math.ceil(study.pretrain.warmup * study.steps))
         results["midtrain_geometry_paper"] = midtrain_geometry(1024, 32, PAPER["midtrain"]["replay"], 0.1,
                                                                math.ceil(0.01 * 1024))
+    if study.ramps is not None:
+        results["ramps"] = study_ramps.compare_ramps(rows, results["efficiency"].get("curves"), level=study.ramps.level)
     if study.replay_search:
         results["replay_search"] = {s: replay_search(study, labelled, s, results.get("noise", {}))
                                     for s in ("finetune", "midtrain") if getattr(study, s) is not None}

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from replaytune.study import ramps as study_ramps
 from replaytune.config import EvalConfig, ModelConfig, OptimConfig
 from replaytune.config import Frozen as _Frozen
 from replaytune.trackers import ReportTo
@@ -96,6 +97,8 @@ class StudyConfig(_Frozen):
         False, description="Replay the replay-fraction search (replaytune.search) on the fine-tuning grid: the runs "
         "are also evaluated at the search's rungs, and results.json reports per seed what the search chose, at what "
         "share of the grid's steps, next to the grid's best.")
+    ramps: study_ramps.RampGrid | None = Field(
+        None, description="Ramp arms (continuous replay schedules) beside the two-stage grid (study/ramps.py).")
     switch_evals: list[int] = Field(
         [], description="Extra held-out evaluations at these offsets from the switch to target data (e.g. -32, 8, 64), "
         "in the first seed's fine-tuning and mid-training runs: the loss spike the paper's 'distribution shift' "
@@ -119,7 +122,10 @@ PAPER = {
     "eval": {"interval": 64, "sequences": 10240, "batch_size": 64},
 }
 
-PRESETS = {"paper": PAPER}
+# The paper's setup with ramp arms (study/ramps.py) beside its two-stage grid, at the same seeds.
+RAMPS = {**PAPER, "ramps": {"seeds": [0, 1, 2, 3]}, "seeds": [0, 1, 2, 3], "midtrain": {**PAPER["midtrain"], "seed_alphas": [1.0]}}
+
+PRESETS = {"paper": PAPER, "ramps": RAMPS}
 
 
 def load_study(path: str | Path | None, overrides: list[str] | None = None, preset: str | None = None) -> StudyConfig:

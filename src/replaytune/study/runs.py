@@ -30,6 +30,7 @@ from replaytune import rundir
 from replaytune.fsio import write_text
 from replaytune import schedule as sched
 from replaytune.config import RunConfig, validate
+from replaytune.study import ramps as study_ramps
 from replaytune.study.config import (  # noqa: F401  (the study's interface)
     PAPER, PRESETS, FinetuneGrid, MidtrainGrid, PretrainSpec, ReferenceGrid, StudyConfig, load_study,
 )
@@ -135,6 +136,9 @@ def build_runs(study: StudyConfig, midtrain_lr: float | None = None) -> list[tup
                                                            dense=seed == seeds[0], lr=lr)))
     if study.reference is not None:
         runs += _reference_runs(study, warm, None if tuning else mt_lr)
+    if study.ramps is not None and not tuning:
+        for labels, name, n, first, phases in study_ramps.ramp_arms(study, warm):
+            runs.append((labels, validate({**_base(study, name, n, first), "phases": phases}, f"study run {name}")))
     return runs
 
 

@@ -35,6 +35,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from replaytune import ramp as ramps
 from replaytune import schedule as sched
 from replaytune.config import DataConfig, LRConfig, PhaseConfig, RunConfig, side_names
 from replaytune.data.mixture import Batch, Mixture
@@ -81,7 +82,7 @@ def resolve_phase(
     pc: PhaseConfig, stores: Mapping[str, TokenStore] | None = None, *, sizes: Mapping[str, int] | None = None,
     first: Mapping[str, int] | None = None, seq_len: int | None = None, batch_size: int | None = None,
     drawn: Mapping[str, np.ndarray] | None = None,
-) -> tuple[Schedule, int, dict[str, Any]]:
+) -> tuple[Schedule | ramps.Ramp, int, dict[str, Any]]:
     """A phase's schedule, its step count and how they were derived: the one place a spec becomes a schedule.
 
     A ``finetune`` spec is resolved against the stores: ``unit`` per sequence of each source
@@ -106,8 +107,12 @@ def resolve_phase(
             units = {n: float((stores[n].train.units(seq_len, f.unit)[drawn[n]] if n in (drawn or {}) else
                                stores[n].train.units(seq_len, f.unit, int(sizes[n]), (first or {}).get(n, 0))).mean())
                      for n in t_names + g_names}
-        plan = sched.finetune(target_steps, f.epochs, f.replay, units=units, target=f.target,
-                              generic=f.generic if f.generic is not None else {})
+        generic = f.generic if f.generic is not None else {}
+        if f.ramp is not None:
+            shape = ramps.shape_points(f.ramp, lr_schedule=pc.lr.schedule, decay=pc.lr.decay)
+            plan = ramps.finetune_ramp(target_steps, f.epochs, shape, units=units, target=f.target, generic=generic)
+        else:
+            plan = sched.finetune(target_steps, f.epochs, f.replay, units=units, target=f.target, generic=generic)
         if pc.steps is not None and pc.steps != plan.steps:
             raise ScheduleError(f"phase '{pc.name}': steps={pc.steps} disagrees with the finetune schedule's "
                                 f"{plan.steps}; drop steps")
@@ -118,6 +123,11 @@ def resolve_phase(
         t = pc.two_stage
         plan2 = sched.two_stage(steps, t.gamma, t.replay, t.alpha, target=t.target, generic=t.generic)
         return plan2.schedule, steps, plan2.to_dict()
+    if pc.ramp is not None:
+        r = pc.ramp
+        shape = ramps.shape_points(r.shape, lr_schedule=pc.lr.schedule, decay=pc.lr.decay)
+        plan3 = ramps.midtrain_ramp(steps, r.gamma, shape, target=r.target, generic=r.generic)
+        return plan3.schedule, steps, plan3.to_dict()
     if pc.uniform is not None:
         u = pc.uniform
         s = sched.uniform(u.gamma, target=u.target, generic=u.generic)
