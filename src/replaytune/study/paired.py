@@ -31,7 +31,7 @@ s), standard error ``sqrt((S-1)/S sum_s (theta_-s - mean)^2)``, and a t interval
 degrees of freedom on theta, mapped back by 2^theta. For the log-linear estimator the
 jackknife equals the delta method of the ratio of seed means to first order. The t quantile
 (instead of a normal or percentile one) is what keeps coverage with 4 seeds:
-tests/analysis/test_coverage.py simulates the demo's design and checks it.
+tests/study/test_coverage.py simulates the demo's design and checks it.
 
 Only seeds that have every arm, the baseline and every reference point enter.
 """

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from replaytune import cli
-from replaytune.study import efficiency as eff
+from replaytune.errors import ReplaytuneError
 from replaytune.study.report import PLOTS, build_report
 
 from .conftest import REF, make_results
@@ -154,5 +154,5 @@ def test_bad_metrics_line_skips_with_file_and_line(results_dir):
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"runs": "no"})])
 def test_bad_results_json(tmp_path, content):
     (tmp_path / "results.json").write_text(content)
-    with pytest.raises(eff.ReplaytuneError, match="results.json"):
+    with pytest.raises(ReplaytuneError, match="results.json"):
         build_report(tmp_path)
