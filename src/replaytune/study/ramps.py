@@ -110,8 +110,9 @@ def _slug(shape: str) -> str:
 
 
 def jackknife_t(values: list[float], level: float) -> dict[str, Any]:
-    """Mean of paired differences with a leave-one-seed-out jackknife t interval (n - 1 dof)."""
-    from scipy import stats
+    """Mean of paired differences with a leave-one-seed-out jackknife t interval (n - 1 dof), the
+    headline's interval (study/paired.py) applied to a plain mean."""
+    from replaytune.study.paired import t_quantile
 
     n = len(values)
     mean = statistics.fmean(values)
@@ -120,7 +121,7 @@ def jackknife_t(values: list[float], level: float) -> dict[str, Any]:
     loo = [(sum(values) - v) / (n - 1) for v in values]
     centre = statistics.fmean(loo)
     se = math.sqrt((n - 1) / n * sum((x - centre) ** 2 for x in loo))
-    q = float(stats.t.ppf((1 + level) / 2, n - 1))
+    q = t_quantile(level, n - 1)
     return {"mean": mean, "interval": [mean - q * se, mean + q * se], "n": n, "se": se}
 
 
