@@ -1,7 +1,7 @@
 """Test-wide settings: no network, quiet tokenizers, few threads (2 shared cores).
 
 Environment variables are set before any test imports transformers or torch: without
-HF_HUB_OFFLINE a hub lookup hangs 25-50 s before failing (ENVIRONMENT.md).
+HF_HUB_OFFLINE a hub lookup hangs 25-50 s before failing (measured on this project's 2-core CI machines).
 """
 
 import os
