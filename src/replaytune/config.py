@@ -282,6 +282,10 @@ class EvalConfig(_Frozen):
     batch_size: int = Field(
         32, ge=1, description="Sequences per evaluation forward pass (at most data.micro_batch_size when that is set)."
     )
+    skip: list[str] = Field(
+        default_factory=list, description="Held-out sets left out of every evaluation, to save its cost: a source's "
+        "name (none of it: its loss is null), or '<source>/val' (its validation half: only '<source>/test' is "
+        "computed; needs split). A study skips the generic validation half, which no choice uses.")
     train_loss: bool = Field(True, description="Also log training loss per source (from the batch's composition).")
     at_start: bool = Field(False, description="Also evaluate the initial model (step 0).")
     at_stage_switch: bool = Field(True, description="Also evaluate where a phase's mixture changes stage.")
@@ -345,6 +349,14 @@ class RunConfig(_Frozen):
                     f"phases.{i} ({phase.name}): source {unknown[0]!r} is not in data.sources; "
                     f"allowed: {', '.join(sorted(names))}"
                 )
+        for item in self.eval.skip:
+            name, _, half = item.partition("/")
+            if name not in names or half not in ("", "val"):
+                raise ValueError(f"eval.skip: {item!r} is neither a source of data.sources nor '<source>/val'; "
+                                 f"sources: {', '.join(sorted(names))}")
+            if half and not self.eval.split:
+                raise ValueError(f"eval.skip: {item!r} skips a validation half, but eval.split is off (no halves); "
+                                 f"set eval.split: true or skip the whole source")
         return self
 
     def fingerprint(self) -> str:

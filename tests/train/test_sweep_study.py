@@ -105,7 +105,9 @@ def test_study_writes_results_and_report(stores, tmp_path):
     assert settings == {"finetune", "midtrain", "reference"}
     for r in saved["runs"]:
         assert set(r) >= {"name", "setting", "rho", "alpha", "lr", "target_loss", "generic_loss"}
-        assert r["target_loss"] > 0 and r["generic_loss"] > 0
+        assert r["target_loss"] > 0
+        # a reference run is used for its target loss only: its generic set is not evaluated
+        assert (r["generic_loss"] is None) if r["setting"] == "reference" else r["generic_loss"] > 0
         assert (out / r["run_dir"] / "record.json").exists()
     assert set(saved["multipliers"]) == {"finetune_replay", "midtrain_replay", "full_schedule"}
     assert saved["compute"]["steps_computed"] < saved["compute"]["steps_alone"]
@@ -216,6 +218,21 @@ def test_midtrain_lr_is_chosen_on_the_baseline_then_every_rho_runs_at_it_and_com
     for r in res["runs"]:  # reported losses from the test half, choices from the validation half
         assert r["target_val"] is not None and r["target_val"] != r["target_loss"]
     assert len(res["meta"]["data_fingerprint"]) == 12
+    # the second sweep starts from checkpoints the first kept (planned with every candidate LR's
+    # runs in view): none of its runs is computed from step 0
+    summary = json.loads((out / "runs" / "sweep.json").read_text())
+    by_name = {r["name"]: r for r in summary["runs"]}
+    assert len(by_name) == len(res["runs"])  # one summary lists both sweeps
+    later = [r for r in summary["runs"] if r["name"].startswith(("mt_rho0.5", "mtref"))]
+    assert later and all(r["branch_from"] is not None and r["branch_step"] > 0 for r in later)
+    first = {c.name for _, c in first}
+    assert by_name[f"mt_rho0.5_alpha1_lr{choice['chosen']:g}_s0"]["branch_from"] in first  # a first-sweep checkpoint
+    # no choice reads the generic validation half, and references use only their target loss
+    for r in summary["runs"]:
+        ev = r["final"]["eval"]
+        assert ev["generic/val"] is None and ev["generic"] is None
+        assert (ev["generic/test"] is None) == r["name"].startswith(("ftref", "mtref")), r["name"]
+        assert ev["target/val"] is not None and ev["target/test"] is not None
     c = res["efficiency"]["comparisons"]["finetune_replay"]
     assert c["paired"] is True and c["seeds"] == 3 and c["level"] == 0.9
     assert c["interval_method"].startswith("paired seed jackknife")

@@ -99,6 +99,9 @@ class StudyConfig(_Frozen):
         "share of the grid's steps, next to the grid's best.")
     ramps: study_ramps.RampGrid | None = Field(
         None, description="Ramp arms (continuous replay schedules) beside the two-stage grid (study/ramps.py).")
+    curve_evals: int = Field(
+        4, ge=0, description="Held-out evaluations spread through the first seed's fine-tuning phase (the over-fitting "
+        "curve across epochs in the plots), at one evaluation each; 0: only at the phase's end.")
     switch_evals: list[int] = Field(
         [], description="Extra held-out evaluations at these offsets from the switch to target data (e.g. -32, 8, 64), "
         "in the first seed's fine-tuning and mid-training runs: the loss spike the paper's 'distribution shift' "

@@ -74,9 +74,23 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
             },
         },
         "optim": study.optim.model_dump(mode="json"),
-        "eval": study.eval.model_dump(mode="json"),
+        "eval": _eval(study),
         **({"report_to": list(study.report_to)} if study.report_to else {}),
     }
+
+
+def _eval(study: StudyConfig, generic: bool = True) -> dict[str, Any]:
+    """The runs' evaluation: the study's, less the generic validation half (no choice is made on
+    the generic loss) and, for reference runs (``generic=False``), the generic set altogether."""
+    ev = study.eval.model_dump(mode="json")
+    extra = [study.generic_name] if not generic else [f"{study.generic_name}/val"] if study.eval.split else []
+    ev["skip"] = sorted(set(ev["skip"]) | set(extra))
+    return ev
+
+
+def _as_reference(study: StudyConfig, cfg: RunConfig) -> RunConfig:
+    """A reference run: only its target loss is used, so its generic set is not evaluated."""
+    return validate({**cfg.model_dump(mode="json"), "eval": _eval(study, generic=False)}, f"study run {cfg.name}")
 
 
 def midtrain_lrs(study: StudyConfig) -> list[float]:
@@ -168,10 +182,11 @@ def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float
 
         d["phases"][1]["eval_at"] = rung_steps(plan.steps)
     if dense:
-        # the first seed's curves are the ones plotted: evaluate 4 times in the fine-tuning phase
-        # (the over-fitting curve across epochs), and at the study's offsets from the switch:
-        # before it in pre-training, after it in fine-tuning
-        d["phases"][1]["eval_interval"] = max(1, plan.steps // 4)
+        # the first seed's curves are the ones plotted: evaluate curve_evals times in the
+        # fine-tuning phase (the over-fitting curve across epochs), and at the study's offsets
+        # from the switch: before it in pre-training, after it in fine-tuning
+        if study.curve_evals:
+            d["phases"][1]["eval_interval"] = max(1, plan.steps // study.curve_evals)
         P = N - plan.steps
         d["phases"][0]["eval_at"] = sorted(P + o for o in study.switch_evals if -P < o < 0)
         d["phases"][1]["eval_at"] = sorted(set(d["phases"][1].get("eval_at", []))
@@ -235,14 +250,14 @@ def _reference_runs(study: StudyConfig, warm: int, mt_lr: float | None = None) -
                     "gamma": x * mt.epochs / N, "target": study.target_name, "generic": study.generic_name}, "lr": lr}]
                 labels = {"setting": "reference", "rho": None, "alpha": None, "lr": mt_lr, "x": x, "seed": seed,
                           "switch_step": None}
-                out.append((labels, validate(d, f"study run {name}")))
+                out.append((labels, _as_reference(study, validate(d, f"study run {name}"))))
                 continue
             if x == T:
                 continue  # the baselines themselves are the points at x = T
             if study.finetune is not None:
                 for lr in study.finetune.lrs:
                     name = f"ftref_x{x:g}_lr{lr:g}_s{seed}"
-                    cfg = _finetune_run(study, name, x, 0.0, lr, seed, warm)
+                    cfg = _as_reference(study, _finetune_run(study, name, x, 0.0, lr, seed, warm))
                     labels = {"setting": "finetune", "rho": 0.0, "alpha": None, "lr": lr, "x": x, "seed": seed,
                               "switch_step": cfg.phases[0].steps, "reference": True}
                     out.append((labels, cfg))
@@ -252,7 +267,8 @@ def _reference_runs(study: StudyConfig, warm: int, mt_lr: float | None = None) -
                 # pure stage at the peak LR memorizes its data (measured at CPU scale: x = 4, 128
                 # steps, train loss 0.05 and held-out 6.6-7.2 against 4.9 at x = 1)
                 name = f"mtref_x{x:g}{tag}"
-                cfg = _midtrain_run(study, name, x, 0.0, 1.0, seed, warm, epochs=mt.epochs * T / x, lr=mt_lr)
+                cfg = _as_reference(study, _midtrain_run(study, name, x, 0.0, 1.0, seed, warm, epochs=mt.epochs * T / x,
+                                                         lr=mt_lr))
                 switch = sched.two_stage(N, T * mt.epochs / N, 0.0, 1.0).switch_step
                 labels = {"setting": "midtrain", "rho": 0.0, "alpha": 1.0, "lr": mt_lr, "x": x, "seed": seed,
                           "switch_step": switch, "reference": True}
@@ -294,13 +310,16 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
 
     A study with several ``midtrain.lrs`` runs in two sweeps: first everything that does not
     depend on the mid-training LR plus the baseline at every LR; then, at the LR the baseline
-    chose on validation losses, the other mid-training runs and references.
+    chose on validation losses, the other mid-training runs and references. The first sweep is
+    planned with the second's runs at every candidate LR in view (:func:`_plan_first`), so it
+    keeps the checkpoints they branch from: the second sweep starts from the shared stable
+    part of the baseline's WSD run instead of step 0.
     """
     from replaytune.study import sweep
 
     first = [(i, lab, cfg) for i, (study, _) in enumerate(studies) for lab, cfg in build_runs(study)]
     # planning opens every store: a bad one is refused here, before anything is written
-    tasks = sweep.build_tasks([cfg for _, _, cfg in first], runs_dir, share_prefixes=share_prefixes)
+    tasks = _plan_first(studies, first, runs_dir, share_prefixes)
     for study, out_dir in studies:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "study.json", json.dumps(study.model_dump(mode="json"), indent=2))
@@ -311,19 +330,12 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
         if study.midtrain is not None and len(midtrain_lrs(study)) > 1:
             lr, table = choose_midtrain_lr(study, [(lab, d) for j, lab, d in labelled if j == i])
             extra[i] = {"midtrain_lr": table}
-            done = {str(d) for j, _, d in labelled if j == i}
             second += [(i, lab, cfg) for lab, cfg in build_runs(study, midtrain_lr=lr)]
-            second = [(j, lab, cfg) for j, lab, cfg in second if j != i or str(Path(runs_dir) / sweep.run_key(cfg)) not in done]
+    second = _new_runs(first, second)
     if second:
-        summary_path = Path(runs_dir) / "sweep.json"
-        before = json.loads(summary_path.read_text())
-        more, t2, c2 = _sweep(second, runs_dir, share_prefixes, launcher, workers, executor)
-        labelled += more
-        total, computed = total + t2, computed + c2
-        after = json.loads(summary_path.read_text())  # one summary for both sweeps
-        write_text(summary_path, json.dumps({"runs": before["runs"] + after["runs"], "steps_alone": total,
-                                             "steps_computed": computed,
-                                             "compute_saved": 1.0 - computed / total if total else 0.0}, indent=2))
+        # one plan over both sweeps: the first sweep's runs are finished (skipped), the new ones
+        # branch from the checkpoints _plan_first kept; sweep.json then lists every run
+        labelled, total, computed = _sweep(first + second, runs_dir, share_prefixes, launcher, workers, executor)
     compute = {"steps_alone": total, "steps_computed": computed,
                "saved_fraction": 1.0 - computed / total if total else 0.0}
     out = []
@@ -334,6 +346,38 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
         write_text(out_dir / "results.json", json.dumps(results, indent=2))
         out.append(results)
     return out
+
+
+def _new_runs(first: list, later: list) -> list:
+    """The runs of ``later`` not already in ``first`` (same run directory: the same config)."""
+    from replaytune.study import sweep
+
+    done = {sweep.run_key(cfg) for _, _, cfg in first}
+    out, seen = [], set(done)
+    for item in later:
+        key = sweep.run_key(item[2])
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def _plan_first(studies: list[tuple[StudyConfig, Path]], first: list, runs_dir: str | Path, share_prefixes: bool):
+    """The first sweep's tasks, planned with the second sweep's runs at every candidate
+    mid-training LR appended: those runs are dropped again, but the branch points they would
+    use stay in the first sweep's ``save_at``. Whichever LR wins, the second sweep (planned
+    as first + its runs, in the same order) branches at exactly those steps."""
+    from replaytune.study import sweep
+
+    later = []
+    if share_prefixes:
+        for i, (study, _) in enumerate(studies):
+            if study.midtrain is not None and len(midtrain_lrs(study)) > 1:
+                for lr in midtrain_lrs(study):
+                    later += [(i, lab, cfg) for lab, cfg in build_runs(study, midtrain_lr=lr)]
+    later = _new_runs(first, later)
+    tasks = sweep.build_tasks([cfg for _, _, cfg in first + later], runs_dir, share_prefixes=share_prefixes)
+    return tasks[:len(first)]
 
 
 def _sweep(items: list[tuple[int, dict[str, Any], RunConfig]], runs_dir: str | Path, share_prefixes: bool, launcher,

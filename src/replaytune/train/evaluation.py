@@ -17,7 +17,7 @@ stage switches. Example: N = 1024, B = 16, E = 2 x 64 gives n = 19, every 54 ste
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -62,6 +62,7 @@ def evaluate(
     eos: int | None = None,
     loss: str = "auto",
     split: bool = False,
+    test_only: Collection[str] = (),
 ) -> dict[str, float | None]:
     """Mean held-out loss per source. Ranks split the sequences and sum their results.
 
@@ -70,7 +71,8 @@ def evaluate(
     ``split``: also ``<source>/val`` and ``<source>/test``, the losses of the first and the
     second half of the source's evaluation ids (``eval.split``); the ids are spread evenly
     over the held-out split, so the halves are its first and second half, sharing at most the
-    document that straddles the middle.
+    document that straddles the middle. ``test_only`` (with ``split``): sources of which only
+    the second half is evaluated; their whole-set and ``/val`` losses are None.
 
     Under FSDP every rank must run the same number of forward passes (each one gathers
     parameters), so a rank whose share ran out runs the first sequence again at weight 0.
@@ -95,7 +97,8 @@ def evaluate(
             held_out = stores[name].val
             step = batch_size * dist.world
             half = len(src_ids) // 2
-            for start in range(0, len(src_ids), step):
+            begin = half if split and name in test_only else 0
+            for start in range(begin, len(src_ids), step):
                 lo = start + dist.rank * batch_size
                 mine = src_ids[lo : lo + batch_size]
                 weight = 1.0
@@ -130,7 +133,7 @@ def evaluate(
         return float(totals[2 * k * K + j]) / tok if tok > 0 else None
 
     for j, name in enumerate(names):
-        out[name] = mean(0, j)
+        out[name] = mean(0, j) if not (split and name in test_only) else None
     if split:
         for j, name in enumerate(names):
             out[f"{name}/val"], out[f"{name}/test"] = mean(1, j), mean(2, j)

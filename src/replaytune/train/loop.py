@@ -279,8 +279,10 @@ class Trainer:
         """Updates from the current step to the end, with logging, evaluation and checkpoints."""
         cfg, plan = self.cfg, self.plan
         self.eval_ids = eval_set(self.stores, cfg.data.seq_len, cfg.eval.sequences)
+        for name in set(cfg.eval.skip) & set(self.eval_ids):  # eval.skip: the whole source
+            self.eval_ids[name] = self.eval_ids[name][:0]
         for name, ids in self.eval_ids.items():
-            if cfg.eval.sequences and len(ids) == 0 and self.dist.is_main:
+            if cfg.eval.sequences and len(ids) == 0 and self.dist.is_main and name not in cfg.eval.skip:
                 warnings.warn(f"source '{name}': its held-out split has {self.stores[name].val.num_tokens} tokens, fewer "
                               f"than one sequence of {cfg.data.seq_len} + 1, so no held-out loss is recorded for it; "
                               f"hold out more (--val-fraction / --val-docs) or lower seq_len")
@@ -393,6 +395,7 @@ class Trainer:
         loss = float(stats[:k].sum() / max(stats[k:].sum(), 1.0))
         if not (math.isfinite(loss) and (math.isfinite(norm) or self.scaler.is_enabled())):
             self._diverged(s, loss, norm, lr)  # fp16: an overflowing step is skipped by the scaler instead
+        self.grad_norm = norm  # before clipping, as Transformers logs it
         self.scaler.step(self.optimizer)  # optimizer.step() unless fp16
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -454,6 +457,7 @@ class Trainer:
                 "phase_step": ps,
                 "lr": lr,
                 "loss": clean(sum(acc["src_sum"]) / total_tok) if total_tok > 0 else None,
+                "grad_norm": clean(getattr(self, "grad_norm", None)),  # of the line's last update
                 "train_loss": self._per_source(acc["src_sum"], acc["src_tok"]),
                 "tokens": plan.tokens_seen(s),
                 "epochs": plan.epochs_seen(s),
@@ -477,6 +481,7 @@ class Trainer:
             eos=self.plan.eos_id if self.plan.block else None,
             loss=self.cfg.loss,
             split=self.cfg.eval.split,
+            test_only={k.partition("/")[0] for k in self.cfg.eval.skip if k.endswith("/val")},
         )
         self.last_eval = {k: clean(v) for k, v in res.items()}
         phase, ps = self.plan.position(s)
@@ -488,7 +493,8 @@ class Trainer:
 
     def _eval_signature(self) -> str:
         blob = {"sequences": self.cfg.eval.sequences, "seq_len": self.cfg.data.seq_len, "data": self.plan.data_fingerprints(),
-                **({"split": True} if self.cfg.eval.split else {})}
+                **({"split": True} if self.cfg.eval.split else {}),
+                **({"skip": sorted(self.cfg.eval.skip)} if self.cfg.eval.skip else {})}
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
     def _from_sources(self, theirs: Sequence[str]):
