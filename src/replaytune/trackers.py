@@ -3,7 +3,8 @@
 ``report_to`` (Transformers' name) lists the trackers; metrics.jsonl is written either way.
 Every tracker receives the same scalars under the same names, at the record's ``step``:
 
-* a train line: ``train/loss``, ``train/lr``, ``train/tokens_per_s``, ``train_loss/<source>``
+* a train line: ``train/loss``, ``train/lr``, ``train/grad_norm`` (the gradient's global norm
+  before clipping, at the line's step), ``train/tokens_per_s``, ``train_loss/<source>``
   and ``mix/<source>`` (each source's share of the tokens trained on since the previous
   train line);
 * an evaluation: ``eval/<source>`` (held-out loss);
@@ -110,6 +111,7 @@ class Scalars:
         if rec["kind"] == "train":
             out["train/loss"] = rec.get("loss")
             out["train/lr"] = rec.get("lr")
+            out["train/grad_norm"] = rec.get("grad_norm")
             out["train/tokens_per_s"] = rec.get("tokens_per_s")
             for src, v in (rec.get("train_loss") or {}).items():
                 out[f"train_loss/{src}"] = v

@@ -183,8 +183,8 @@ def test_over_long_examples_truncated_and_counted_or_refused(tmp_path, chat_tok)
     with pytest.raises(DataError) as e:
         prepare(SourceSpec(str(src), kind="chat"), chat_tok, tmp_path / "st2", max_length=limit, strict=True, progress=False)
     assert str(e.value) == (
-        f"{src}:1: example has {lengths[0]} tokens (with EOS), over --max-length {limit}; "
-        "shorten it, raise --max-length, or drop --strict to truncate it (counted)"
+        f"{src}:1: example has {lengths[0]} tokens (with EOS), over --max-example-length {limit}; "
+        "shorten it, raise --max-example-length, or drop --strict to truncate it (counted)"
     )
     assert not (tmp_path / "st2").exists()
 

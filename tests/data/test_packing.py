@@ -109,7 +109,7 @@ def test_long_examples_are_truncated_and_counted(tiny_tok, tmp_path):
                            val_docs=0, progress=False)
     assert stats["truncated"] == 1 and store.train.num_sequences(L) == 2
     _assert_whole(store.train)
-    with pytest.raises(DataError, match="over --max-length 48"):
+    with pytest.raises(DataError, match="over --max-example-length 48"):
         prepare(SourceSpec(str(src), kind="instruction", strict=True), tiny_tok, tmp_path / "t", seq_len=L,
                 val_docs=0, progress=False)
 

@@ -203,7 +203,7 @@ def test_bad_settings(tmp_path, tiny_tok):
         prepare(src, tiny_tok, tmp_path / "st", val_docs=1, val_fraction=0.1)
     with pytest.raises(ConfigError, match=r"--val-fraction 1.0: must be in \[0, 1\)"):
         prepare(src, tiny_tok, tmp_path / "st", val_fraction=1.0)
-    with pytest.raises(ConfigError, match="--max-length applies to chat and instruction data"):
+    with pytest.raises(ConfigError, match="--max-example-length applies to chat and instruction data"):
         prepare(src, tiny_tok, tmp_path / "st", max_length=10)
 
 

@@ -54,12 +54,12 @@ def test_over_long_examples_are_truncated_and_counted_or_refused(assets, finetun
     expected = sum(n > limit for n in lengths)
     assert 0 < expected < len(lengths)
     res = run_finetune(finetune_cfg(model=str(assets.chat_model), target={"path": str(assets.chat)}, seq_len=64,
-                                    max_length=limit, epochs=1), log=lambda s: None)
+                                    max_example_length=limit, epochs=1), log=lambda s: None)
     assert res.summary["data"]["target"]["stats"]["truncated"] == expected
     # refused by flag, and nothing written
     strict = finetune_cfg(model=str(assets.chat_model), target={"path": str(assets.chat)}, seq_len=64,
-                          max_length=limit, strict=True, output=str(tmp_path / "strict"))
-    _fails(strict, DataError, rf"example has \d+ tokens \(with EOS\), over --max-length {limit}")
+                          max_example_length=limit, strict=True, output=str(tmp_path / "strict"))
+    _fails(strict, DataError, rf"example has \d+ tokens \(with EOS\), over --max-example-length {limit}")
     assert not (tmp_path / "strict").exists()
 
 

@@ -26,7 +26,7 @@ def test_finetune_chat_example_validates_and_runs_shortened(assets, tmp_path):
     cfg = load_config(path, {
         "model": str(assets.chat_model), "target": {"path": str(assets.chat)},
         "replay": {"path": str(assets.generic), "val": 10}, "seq_len": 64, "batch_size": 4, "micro_batch_size": 2,
-        "lora": {"r": 4}, "epochs": 1, "max_length": 64, "eval_sequences": 4, "output": str(tmp_path / "out"),
+        "lora": {"r": 4}, "epochs": 1, "max_example_length": 64, "eval_sequences": 4, "output": str(tmp_path / "out"),
         "progress": False, "device": "cpu",
     })
     assert cfg.lora.r == 4 and cfg.lora.alpha == 32  # merged into the file's lora section

@@ -238,7 +238,7 @@ def test_transformers_flag_names_mean_the_same_settings(monkeypatch):
 
     ours = build_parser().parse_args([
         "finetune", "--model", "m", "--lr", "2e-5", "--epochs", "2", "--output", "o", "--warmup", "0.03",
-        "--lr-schedule", "wsd", "--activation-checkpointing", "--max-length", "512", "--micro-batch-size", "4",
+        "--lr-schedule", "wsd", "--activation-checkpointing", "--seq-len", "512", "--micro-batch-size", "4",
         "--batch-size", "32"])
     theirs = build_parser().parse_args([
         "finetune", "--model_name_or_path", "m", "--learning_rate", "2e-5", "--num_train_epochs", "2",
@@ -251,6 +251,83 @@ def test_transformers_flag_names_mean_the_same_settings(monkeypatch):
     with pytest.raises(ConfigError, match="disagrees"):
         flag_values(build_parser().parse_args(["finetune", "--per_device_train_batch_size", "4",
                                                "--gradient_accumulation_steps", "2", "--batch-size", "16"]))
+
+
+TRL_FLAGS = [  # a TRL sft.py command line (Transformers' and TRL's argument names)
+    "--model_name_or_path", "m", "--learning_rate", "2e-4", "--num_train_epochs", "2", "--output_dir", "o",
+    "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--gradient_checkpointing", "--max_length", "512",
+    "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "8", "--report_to", "tensorboard",
+    "--save_steps", "50", "--save_total_limit", "2", "--use_peft", "--lora_r", "8", "--lora_alpha", "16",
+    "--lora_dropout", "0.05", "--lora_target_modules", "q_proj,v_proj", "--weight_decay", "0.0", "--run_name", "eu",
+    "--eval_steps", "25", "--logging_steps", "10", "--attn_implementation", "eager", "--bf16"]
+OURS = {"model": "m", "lr": 2e-4, "epochs": 2.0, "output": "o", "warmup": 0.03, "lr_schedule": "cosine",
+        "activation_checkpointing": True, "seq_len": 512, "micro_batch_size": 2, "batch_size": 16,
+        "report_to": ["tensorboard"], "checkpoint_every": 50, "save_total_limit": 2, "weight_decay": 0.0, "name": "eu",
+        "eval_interval": 25, "log_interval": 10, "attn_implementation": "eager", "dtype": "bf16"}
+
+
+def test_a_trl_command_line_and_the_same_keys_in_yaml_give_the_same_settings(tmp_path, monkeypatch):
+    import yaml
+
+    from replaytune.cli import build_parser
+    from replaytune.commands.finetune import flag_values
+    from replaytune.finetune import load_config
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    target = ["--target", "eu.txt"]
+    from_flags = load_config(None, flag_values(build_parser().parse_args(["finetune", *TRL_FLAGS, *target])))
+    keys, it = {}, iter(TRL_FLAGS)
+    for flag in it:  # the same settings as a YAML file with the same (HF) key names
+        name = flag[2:]
+        keys[name] = True if name in ("gradient_checkpointing", "use_peft", "bf16") else yaml.safe_load(next(it))
+    keys["lora_target_modules"] = "q_proj,v_proj"
+    (tmp_path / "trl.yaml").write_text(yaml.safe_dump({**keys, "target": "eu.txt"}))
+    from_yaml = load_config(tmp_path / "trl.yaml")
+    for cfg in (from_flags, from_yaml):
+        got = cfg.model_dump(mode="json")
+        assert {k: got[k] for k in OURS} == OURS
+        assert cfg.lora.model_dump() == {"r": 8, "alpha": 16.0, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+    # the same setting under both names, with two values, is refused naming both
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump({"learning_rate": 1e-4, "lr": 2e-4, "target": "eu.txt"}))
+    with pytest.raises(ConfigError, match=r"learning_rate \(0.0001\) and lr \(0.0002\) are the same setting"):
+        load_config(tmp_path / "two.yaml")
+    with pytest.raises(ConfigError, match="--bf16, --fp16 and --dtype disagree"):
+        flag_values(build_parser().parse_args(["finetune", "--bf16", "--fp16"]))
+
+
+def test_a_trl_style_command_line_runs(assets, tmp_path, monkeypatch):
+    """Transformers' flags end to end: LoRA, accumulation, logging, checkpoint and tracker settings take effect."""
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    out = tmp_path / "out"
+    assert main(["finetune", "--model_name_or_path", str(assets.model), "--target", str(assets.target),
+                 "--replay", str(assets.generic), "--replay-val", "10", "--learning_rate", "3e-3",
+                 "--num_train_epochs", "1", "--max_length", "32", "--per_device_train_batch_size", "2",
+                 "--gradient_accumulation_steps", "2", "--logging_steps", "2", "--save_steps", "2",
+                 "--save_total_limit", "2", "--use_peft", "--lora_r", "4", "--eval_steps", "0", "--report_to", "none",
+                 "--run_name", "trl", "--output_dir", str(out), "--eval-sequences", "8", "--device", "cpu",
+                 "--no-progress"]) == 0
+    run_cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    assert run_cfg["data"]["seq_len"] == 32 and run_cfg["data"]["batch_size"] == 4 and run_cfg["model"]["lora"]["r"] == 4
+    assert run_cfg["name"] == "trl" and run_cfg["log_interval"] == 2 and run_cfg["checkpoint"]["keep"] == 2
+    train = [m for m in read_metrics(out / "run") if m["kind"] == "train"]
+    steps = train[-1]["step"]
+    assert [m["step"] for m in train] == sorted({*range(2, steps + 1, 2), steps})  # every 2 steps, and the end
+    assert all(m["grad_norm"] is not None and m["grad_norm"] > 0 for m in train)
+    kept = sorted(p.name for p in (out / "run" / "checkpoints").iterdir())  # the last 2, kept after the run
+    assert len(kept) == 2 and kept[-1].endswith(f"{steps:08d}")
+
+
+def test_resume_from_checkpoint_means_resume_or_names_the_checkpoint_it_can_use(finetune_cfg, tmp_path):
+    from replaytune.finetune.names import resume_requested
+
+    out = tmp_path / "out"
+    assert resume_requested(finetune_cfg(resume_from_checkpoint=True)) is True
+    assert resume_requested(finetune_cfg(resume_from_checkpoint="true")) is True
+    assert resume_requested(finetune_cfg()) is False
+    assert "resume_from_checkpoint" not in finetune_cfg(resume_from_checkpoint=True).model_dump()  # not a setting
+    with pytest.raises(ConfigError, match="continues from the latest checkpoint of its output"):
+        resume_requested(finetune_cfg(resume_from_checkpoint=str(tmp_path / "elsewhere" / "checkpoint-10")))
+    assert resume_requested(finetune_cfg(resume_from_checkpoint=str(out))) is True
 
 
 def test_replay_fraction_auto_searches_then_finishes_the_choice(finetune_cfg, tmp_path, monkeypatch):

@@ -168,10 +168,10 @@ def test_a_missing_tracker_package_names_its_extra(name, tmp_path, monkeypatch):
 
 def test_scalars_names_values_and_mixture():
     s = trackers.Scalars()
-    train = {"kind": "train", "step": 2, "lr": 1e-3, "loss": 2.0, "tokens_per_s": 10.0,
+    train = {"kind": "train", "step": 2, "lr": 1e-3, "loss": 2.0, "grad_norm": 0.5, "tokens_per_s": 10.0,
              "train_loss": {"a": 1.5, "b": None}, "tokens": {"a": 30, "b": 10}}
-    assert s(train) == {"train/loss": 2.0, "train/lr": 1e-3, "train/tokens_per_s": 10.0, "train_loss/a": 1.5,
-                        "mix/a": 0.75, "mix/b": 0.25}
+    assert s(train) == {"train/loss": 2.0, "train/lr": 1e-3, "train/grad_norm": 0.5, "train/tokens_per_s": 10.0,
+                        "train_loss/a": 1.5, "mix/a": 0.75, "mix/b": 0.25}
     later = {**train, "step": 4, "loss": float("nan"), "tokens": {"a": 40, "b": 40}}  # +10 a, +30 b
     out = s(later)
     assert "train/loss" not in out and out["mix/a"] == 0.25 and out["mix/b"] == 0.75

@@ -26,11 +26,15 @@ held-out loss as well as each side's.
 
 Writes OUT/model (Hugging Face, merged) or OUT/adapter (LoRA), OUT/forgetting.md|json (held-out
 target and generic loss, base vs fine-tuned), OUT/run (metrics), and OUT/finetune.json last.
-Every flag can also be a key of --config FILE.yaml (flags win). The Transformers/TRL names work
-too where they mean the same: --model_name_or_path, --learning_rate, --num_train_epochs,
---output_dir, --warmup_ratio, --lr_scheduler_type, --gradient_checkpointing, --max_length,
+Every flag can also be a key of --config FILE.yaml (flags win). Transformers' and TRL's names
+work too, as flags and as file keys (docs/finetune.md has the table): --model_name_or_path,
+--learning_rate, --num_train_epochs, --output_dir, --run_name, --warmup_ratio, --lr_scheduler_type,
+--weight_decay, --gradient_checkpointing, --bf16/--fp16, --attn_implementation, --use_peft,
+--lora_r/--lora_alpha/--lora_dropout/--lora_target_modules, --logging_steps, --eval_steps,
+--save_steps, --save_total_limit, --resume_from_checkpoint, --report_to, and
 --per_device_train_batch_size with --gradient_accumulation_steps (global batch = their product
-x processes). Several GPUs:
+x processes). --max_length is the packed sequence length (--seq-len), as in TRL with packing.
+Several GPUs:
 torchrun --nproc_per_node 8 -m replaytune.cli finetune ... --parallel fsdp (docs/finetune.md)."""
 
 
@@ -63,7 +67,8 @@ def register(subparsers) -> None:
       help="auto: stop a candidate once it trails the best by more than NATS (e.g. the seed noise)")
     a("--replay-unit", choices=["tokens", "sequences", "examples"], help="what the fraction counts (default tokens: loss-bearing tokens)")
     a("--epochs", "--num_train_epochs", dest="epochs", type=float, help="passes over the target (default 1 for text, 3 for chat/instruction)")
-    a("--seq-len", type=int, help="tokens per packed sequence (default 2048)")
+    a("--seq-len", "--max_length", dest="seq_len", type=int,
+      help="tokens per packed sequence (default 2048); --max_length is TRL's name for it under packing")
     a("--document-attention", choices=["auto", "block", "full"],
       help="packed documents attend to themselves only (block) or to earlier ones too (full); "
            "default auto: block for chat/instruction data, full for text")
@@ -76,32 +81,43 @@ def register(subparsers) -> None:
     a("--lr-schedule", "--lr_scheduler_type", dest="lr_schedule", type=_schedule, metavar="{cosine,wsd,constant,linear}",
       help="after warmup (default cosine); Transformers' constant_with_warmup and warmup_stable_decay are accepted")
     a("--warmup", "--warmup_ratio", dest="warmup", type=float, help="warmup fraction of the steps (default 0.01)")
-    a("--weight-decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
-    a("--lora", action="store_true", default=None, help="train LoRA adapters (peft) instead of all weights")
-    a("--lora-r", type=int, help="adapter rank (default 16)")
-    a("--lora-alpha", type=float, help="LoRA alpha (default 32)")
-    a("--lora-dropout", type=float, help="adapter dropout (default 0)")
-    a("--lora-targets", help="comma-separated module names, or all-linear (default)")
+    a("--weight-decay", "--weight_decay", dest="weight_decay", type=float, help="AdamW weight decay on matrices (default 0.1)")
+    a("--lora", "--use_peft", dest="lora", action="store_true", default=None, help="train LoRA adapters (peft) instead of all weights")
+    a("--lora-r", "--lora_r", dest="lora_r", type=int, help="adapter rank (default 16)")
+    a("--lora-alpha", "--lora_alpha", dest="lora_alpha", type=float, help="LoRA alpha (default 32)")
+    a("--lora-dropout", "--lora_dropout", dest="lora_dropout", type=float, help="adapter dropout (default 0)")
+    a("--lora-targets", "--lora_target_modules", dest="lora_targets", help="comma-separated module names, or all-linear (default)")
     a("--save", choices=["merged", "adapter"], help="LoRA output: merged model plus adapter (default), or the adapter only")
     a("--chat-template", metavar="FILE", help="Jinja chat template, or 'chatml', for a tokenizer without one")
-    a("--max-length", "--max_length", dest="max_length", type=int, help="chat/instruction: tokens per example; longer ones are truncated and counted (default seq-len)")
+    a("--max-example-length", dest="max_example_length", type=int,
+      help="chat/instruction: tokens per example, below --seq-len; longer ones are truncated and counted (default seq-len)")
     a("--strict", action="store_true", default=None, help="refuse over-long examples (and undecodable bytes) instead of fixing them")
     a("--skip-invalid", action="store_true", default=None, help="skip and count chat examples that break the role rule")
     a("--eval-sequences", type=int, help="held-out sequences per source (default 64)")
-    a("--eval-interval", type=int, help="evaluate every N steps (default: ~5%% of training time)")
+    a("--eval-interval", "--eval_steps", dest="eval_interval", type=int, help="evaluate every N steps (default: ~5%% of training time)")
+    a("--logging-steps", "--logging_steps", dest="log_interval", type=int, metavar="N",
+      help="write a train line to metrics.jsonl and the trackers every N steps (default 1)")
     a("--eval-tasks", help="comma-separated lm-evaluation-harness tasks, e.g. xcopa_eu (needs replaytune[eval]); "
                            "base and fine-tuned scores go into OUT/forgetting.md|json")
     a("--eval-include", action="append", metavar="DIR",
       help="folder of your own lm-eval task YAML files (lm-eval's include_path), searched first (repeatable)")
     a("--eval-limit", type=int, help="examples per lm-eval task")
     a("--activation-checkpointing", "--gradient_checkpointing", dest="activation_checkpointing", action="store_true", default=None, help="recompute activations in backward (big models)")
-    a("--checkpoint-every", type=int, help="checkpoint every N steps so --resume loses little (default: at the end)")
+    a("--checkpoint-every", "--save_steps", dest="checkpoint_every", type=int,
+      help="checkpoint every N steps so --resume loses little (default: at the end)")
+    a("--save-total-limit", "--save_total_limit", dest="save_total_limit", type=int, metavar="N",
+      help="keep the last N checkpoints in OUT/run/checkpoints, also after the run (default: none kept)")
     a("--keep-checkpoints", action="store_true", default=None, help="keep OUT/run/checkpoints after success")
     a("--output", "--out", "--output_dir", dest="output", metavar="DIR", help="output directory (default runs/finetune)")
-    a("--name", help="run name")
+    a("--name", "--run_name", dest="name", help="run name")
     a("--seed", type=int, help="data and init seed (default 0)")
     a("--device", choices=["auto", "cpu", "cuda"])
-    a("--dtype", choices=["auto", "fp32", "bf16"], help="compute precision; auto: bf16 autocast on GPU, fp32 on CPU")
+    a("--dtype", choices=["auto", "fp32", "bf16", "fp16"],
+      help="compute precision; auto: bf16 autocast on GPU (fp16 with a gradient scaler without bf16), fp32 on CPU")
+    a("--bf16", action="store_true", default=None, help="the same as --dtype bf16 (Transformers' flag)")
+    a("--fp16", action="store_true", default=None, help="the same as --dtype fp16 (Transformers' flag; GPU only)")
+    a("--attn-implementation", "--attn_implementation", dest="attn_implementation",
+      choices=["sdpa", "eager", "flash_attention_2"], help="attention kernel of the model (default sdpa)")
     a("--weights-dtype", choices=["auto", "fp32", "bf16"], help="frozen base weights under LoRA (auto: bf16 when computing in bf16); trainable weights stay fp32")
     a("--load-in-4bit", "--load_in_4bit", dest="load_in_4bit", action="store_true", default=None, help="QLoRA: 4-bit NF4 base (bitsandbytes, CUDA only; with --lora)")
     a("--parallel", choices=["ddp", "fsdp"], help="under torchrun: replicate (ddp) or shard (fsdp) the model")
@@ -110,8 +126,11 @@ def register(subparsers) -> None:
     a("--prepare-only", action="store_true",
       help="tokenize the sources, print the plan, and stop (before a multi-GPU launch)")
     a("--resume", action="store_true", help="continue an unfinished fine-tune in OUT (or print a finished one's report)")
+    a("--resume_from_checkpoint", nargs="?", const="true", metavar="true|PATH",
+      help="Transformers' name for --resume: true, or OUT's latest checkpoint (a fine-tune continues from its latest "
+           "checkpoint only)")
     a("--no-progress", dest="progress", action="store_false", default=None, help="no progress bars")
-    a("--report-to", type=report_to, metavar=REPORT_TO_METAVAR,
+    a("--report-to", "--report_to", dest="report_to", type=report_to, metavar=REPORT_TO_METAVAR,
       help="also log to these trackers, comma-separated (Transformers' name; metrics.jsonl is always written)")
     a("--save-dtype", "--save_dtype", dest="save_dtype", choices=["auto", "bf16", "fp16", "fp32"],
       help="dtype of the saved model (auto: the base model's own, fp32 when it names none)")
@@ -172,14 +191,12 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-_SCHEDULES = {"cosine": "cosine", "wsd": "wsd", "constant": "constant", "linear": "linear",
-              "constant_with_warmup": "constant", "warmup_stable_decay": "wsd"}  # Transformers' names -> ours
-
-
 def _schedule(text: str) -> str:
-    if text not in _SCHEDULES:
-        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(_SCHEDULES)})")
-    return _SCHEDULES[text]
+    from replaytune.finetune.names import HF_SCHEDULES
+
+    if text not in HF_SCHEDULES:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(HF_SCHEDULES)})")
+    return HF_SCHEDULES[text]
 
 
 def _batch_size(args: argparse.Namespace) -> int | None:
@@ -215,17 +232,32 @@ def flag_values(args: argparse.Namespace) -> dict:
         "seq_len": args.seq_len, "document_attention": args.document_attention, "batch_size": _batch_size(args), "micro_batch_size": args.micro_batch_size,
         "lr": args.lr, "lr_schedule": args.lr_schedule, "warmup": args.warmup, "weight_decay": args.weight_decay,
         "lora": lora if any(v is not None for v in lora.values()) else (True if args.lora else None),
-        "save": args.save, "chat_template": args.chat_template, "max_length": args.max_length, "strict": args.strict,
+        "save": args.save, "chat_template": args.chat_template, "max_example_length": args.max_example_length,
+        "strict": args.strict,
         "skip_invalid": args.skip_invalid, "eval_sequences": args.eval_sequences, "eval_interval": args.eval_interval,
         "eval_tasks": [t.strip() for t in args.eval_tasks.split(",") if t.strip()] if args.eval_tasks else None,
         "eval_include": args.eval_include, "eval_limit": args.eval_limit, "activation_checkpointing": args.activation_checkpointing,
         "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints, "output": args.output,
-        "name": args.name, "seed": args.seed, "device": args.device, "dtype": args.dtype, "weights_dtype": args.weights_dtype, "load_in_4bit": args.load_in_4bit, "parallel": args.parallel,
+        "name": args.name, "seed": args.seed, "device": args.device, "dtype": _dtype(args), "weights_dtype": args.weights_dtype, "load_in_4bit": args.load_in_4bit, "parallel": args.parallel,
         "overrides": args.overrides, "progress": args.progress, "report_to": args.report_to,
-        **{k: getattr(args, k) for k in ("save_dtype", "push_to_hub", "hub_model_id", "hub_private_repo")},
+        **{k: getattr(args, k) for k in ("save_dtype", "push_to_hub", "hub_model_id", "hub_private_repo",
+                                         "attn_implementation", "log_interval", "save_total_limit",
+                                         "resume_from_checkpoint")},
         "replay_schedule": args.replay_schedule,
     }
     return values
+
+
+def _dtype(args: argparse.Namespace) -> str | None:
+    """--dtype, or Transformers' --bf16 / --fp16 (one of them)."""
+    given = [d for d in ("bf16", "fp16") if getattr(args, d)]
+    if args.dtype is not None:
+        given.append(args.dtype)
+    if len(set(given)) > 1:
+        from replaytune.errors import ConfigError
+
+        raise ConfigError(f"--bf16, --fp16 and --dtype disagree ({', '.join(given)}); give one precision")
+    return given[0] if given else None
 
 
 def _targets(text: str | None):
@@ -237,6 +269,8 @@ def _targets(text: str | None):
 def run(args: argparse.Namespace) -> int:
     from replaytune.finetune import load_config, run_finetune
 
+    from replaytune.finetune.names import resume_requested
+
     cfg = load_config(args.config, flag_values(args))
-    run_finetune(cfg, resume=args.resume, prepare_only=args.prepare_only)  # prints the plan, the data stats and the forgetting report
+    run_finetune(cfg, resume=args.resume or resume_requested(cfg), prepare_only=args.prepare_only)  # prints the plan, the data stats and the forgetting report
     return 0

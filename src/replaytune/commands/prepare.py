@@ -52,8 +52,8 @@ def register(subparsers) -> None:
                         "wrapped: one stream cut every --seq-len tokens (text; chat without --seq-len)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split, the packing and a capped read")
     p.add_argument("--strict", action="store_true",
-                   help="refuse instead of fixing: undecodable bytes and examples over --max-length are errors")
-    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="refuse instead of fixing: undecodable bytes and examples over --max-example-length are errors")
+    p.add_argument("--max-example-length", "--max-length", dest="max_length", type=int, default=None, metavar="N",
                    help="chat/instruction: tokens per example; longer ones are truncated (counted)")
     p.add_argument("--chat-template", default=None, metavar="FILE",
                    help="Jinja chat template file, or 'chatml' (default: the tokenizer's own)")

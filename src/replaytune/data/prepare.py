@@ -101,9 +101,9 @@ def prepare(
             raise ConfigError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     if max_length is not None:
         if spec.kind == "text":
-            raise ConfigError("--max-length applies to chat and instruction data; text is packed across documents")
+            raise ConfigError("--max-example-length applies to chat and instruction data; text is packed across documents")
         if max_length < 2:
-            raise ConfigError(f"--max-length {max_length}: must be at least 2")
+            raise ConfigError(f"--max-example-length {max_length}: must be at least 2")
 
     packing = packing or ("bfd" if spec.kind != "text" and seq_len is not None else "wrapped")
     if packing not in PACKINGS:

@@ -197,8 +197,8 @@ class _Builder:
         if self.max_length is not None and len(ids) > self.max_length:
             if self.spec.strict:
                 raise DataError(
-                    f"{where}: example has {len(ids)} tokens (with EOS), over --max-length {self.max_length}; "
-                    f"shorten it, raise --max-length, or drop --strict to truncate it (counted)"
+                    f"{where}: example has {len(ids)} tokens (with EOS), over --max-example-length {self.max_length}; "
+                    f"shorten it, raise --max-example-length, or drop --strict to truncate it (counted)"
                 )
             self.counts["truncated"] += 1
             ids = np.append(ids[: self.max_length - 1], np.array([self.eos], dtype=self.dtype))

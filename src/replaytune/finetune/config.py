@@ -22,6 +22,7 @@ from replaytune.config import Frozen, LoraSpec, format_validation_error, read_ya
 from replaytune.data import sources as data_sources
 from replaytune.data.store import TokenStore, is_store
 from replaytune.errors import ConfigError, DataError
+from replaytune.finetune.names import hf_names
 from replaytune.schedule import GENERIC, TARGET
 from replaytune.trackers import ReportTo
 
@@ -183,7 +184,9 @@ class FinetuneConfig(Frozen):
     lora: LoraSpec | None = Field(None, description="Train LoRA adapters (true, or {r, alpha, dropout, target_modules}).")
     save: Literal["merged", "adapter"] = Field("merged", description="LoRA output: merged model (+ adapter) or the adapter only.")
     chat_template: str | None = Field(None, description="Jinja file, or 'chatml', for a tokenizer without a template.")
-    max_length: int | None = Field(None, ge=2, description="Chat/instruction: tokens per example (default seq_len).")
+    max_example_length: int | None = Field(
+        None, ge=2, description="Chat/instruction: tokens per example, at most seq_len (default seq_len); longer ones are "
+        "truncated and counted. Not TRL's max_length, which is seq_len here (packing).")
     strict: bool = Field(False, description="Refuse over-long examples and undecodable bytes instead of fixing them.")
     skip_invalid: bool = Field(False, description="Skip (and count) chat examples that break the role rule.")
     eval_sequences: int = Field(64, ge=1, description="Held-out sequences per source for the loss evaluations.")
@@ -196,6 +199,13 @@ class FinetuneConfig(Frozen):
     activation_checkpointing: bool = Field(False, description="Recompute activations in backward (big models).")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint every N steps for --resume (0: only at the end).")
     keep_checkpoints: bool = Field(False, description="Keep run/checkpoints after a finished run.")
+    save_total_limit: int | None = Field(
+        None, ge=1, description="Keep the last N checkpoints under run/checkpoints, also after a finished run "
+        "(Transformers' name; default: the last one, removed at the end unless keep_checkpoints).")
+    log_interval: int = Field(1, ge=1, description="Write a train line (and log to the trackers) every N steps.")
+    resume_from_checkpoint: bool | str | None = Field(
+        None, exclude=True, description="Transformers' name for --resume: true, or the latest checkpoint of the "
+        "output's run (a fine-tune continues from its latest checkpoint only).")
     output: str = Field("runs/finetune", description="Output directory.")
     name: str = "finetune"
     seed: int = 0
@@ -229,6 +239,13 @@ class FinetuneConfig(Frozen):
         if value is True:
             return {}
         return None if value is False else value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_list(cls, value):
+        if isinstance(value, str):  # `report_to: tensorboard,wandb` (or none), as Transformers takes it
+            return [t.strip() for t in value.split(",") if t.strip() and t.strip() != "none"]
+        return value
 
     @field_validator("eval_tasks", mode="before")
     @classmethod
@@ -330,8 +347,8 @@ def load_config(path: str | os.PathLike | None = None, values: Mapping[str, Any]
     where = "finetune flags"
     if path is not None:
         p = Path(path)
-        data = _relative_to(read_yaml_mapping(p), p.parent)
         where = str(p)
+        data = _relative_to(hf_names(read_yaml_mapping(p), where), p.parent)
     for key, value in (values or {}).items():
         if value is None or (isinstance(value, dict) and not any(v is not None for v in value.values())):
             continue

@@ -79,7 +79,8 @@ def build_run_config(cfg: FinetuneConfig, plan: ReplayPlan | dict[str, Any], sto
         }],
         "optim": {"weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip},
         "eval": {"sequences": cfg.eval_sequences, "interval": cfg.eval_interval, "at_start": True},  # step 0 = the base model
-        "checkpoint": {"interval": cfg.checkpoint_every, "keep": 1},
+        "checkpoint": {"interval": cfg.checkpoint_every, "keep": cfg.save_total_limit or 1},
+        "log_interval": cfg.log_interval,
         "device": cfg.device, "dtype": cfg.dtype, "parallel": cfg.parallel, "progress": cfg.progress,
         "report_to": list(cfg.report_to),
     }

@@ -77,7 +77,7 @@ class FinetuneResult:
 def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Source], *, log: Callable[[str], None] = print) -> dict[str, tuple[TokenStore, dict[str, Any]]]:
     """Token stores of every source under ``out/data/<role>`` (a given store is checked, not copied).
 
-    Chat and instruction examples longer than ``max_length`` (default ``seq_len``) are
+    Chat and instruction examples longer than ``max_example_length`` (default ``seq_len``) are
     truncated and counted, or refused with ``strict``.
     """
     from replaytune.data.prepare import format_stats, prepare
@@ -89,7 +89,7 @@ def prepare_sources(cfg: FinetuneConfig, tok, out: Path, sources: dict[str, Sour
             check_store_tokenizer(role, store, tok)
             result[role] = (store, {**store.meta.get("stats", {}), "given_store": True})
             continue
-        max_length = None if src.kind == "text" else (cfg.max_length or cfg.seq_len)
+        max_length = None if src.kind == "text" else (cfg.max_example_length or cfg.seq_len)
         cap = _replay_cap(cfg, src, result) if src.role != TARGET and src.kind == "text" else None
         store, stats = prepare(
             src.spec(cfg.strict), tok, out / "data" / role, seed=cfg.seed, max_length=max_length,
@@ -231,7 +231,7 @@ def _run(cfg: FinetuneConfig, out: Path, dist, resume: bool, say: Callable[[str]
     if dist.is_main:
         outputs = finalize_model(cfg, run_cfg, trainer, out)
         trainer = None  # the trained model's memory is free for the downstream evaluation
-        if not cfg.keep_checkpoints:
+        if not (cfg.keep_checkpoints or cfg.save_total_limit):
             for ck_dir in [run_dir, *((out / fsearch.SEARCH_DIR).glob("*") if search is not None else [])]:
                 shutil.rmtree(Path(ck_dir) / rundir.CHECKPOINTS, ignore_errors=True)
         result.report = held_out_report(cfg, run_cfg, stores, plan, record, out, say, tasks)
