@@ -38,6 +38,18 @@ def test_effective_data_beyond_the_measured_range_is_flagged_and_has_no_bracket(
     assert r["interpolated"] is False and r["bracket_multiplier"] is None
 
 
+def test_an_arm_below_the_largest_reference_point_gets_a_lower_bound_with_its_seed_count():
+    r = paired.analyse(design({"far": 3.0, "near": 1.5}), 0.9, kind="log-linear")
+    assert r["arms"]["far"]["lower_bound"] == pytest.approx(2.0)  # x_max / the baseline's x
+    assert r["arms"]["far"]["seeds_past_range"] == 4 and r["lower_bound"] == pytest.approx(2.0)
+    assert r["arms"]["near"]["lower_bound"] is None and r["arms"]["near"]["seeds_past_range"] == 0
+    # a flat curve (the fit finds no finite multiplier) still gives the bound: the data say it
+    flat = design({"far": 3.0}, curve=lambda x: 5.0 - 0.01 * np.log2(x))
+    arms = {"far": flat.arms["far"] - 0.5}
+    r = paired.analyse(paired.Design(flat.xs, flat.ref, flat.base, 1.0, arms, None, flat.seeds), 0.9, kind="log-linear")
+    assert r["arms"]["far"]["lower_bound"] == pytest.approx(2.0) and r["seeds_past_range"] == 4
+
+
 def test_a_seed_that_disagrees_widens_the_interval_around_the_point_estimate():
     d = design({"a": 1.5})
     arms = {"a": d.arms["a"] + np.array([0.0, 0.05, -0.03, 0.0])}

@@ -197,6 +197,7 @@ def analyse(rows: list[dict[str, Any]], family: str = "uniform", *, resamples: i
             "interval_method": v.get("interval_method"), "paired": bool(v.get("paired", False)),
             "seeds": v.get("seeds") if v.get("seeds") is not None else min(len(v["method"]["seeds"]), len(v["baseline"]["seeds"])),
             "interpolated": v.get("interpolated"), "bracket_multiplier": v.get("bracket_multiplier"),
+            "lower_bound": v.get("lower_bound"), "seeds_past_range": v.get("seeds_past_range"),
             "fit": v.get("kind"), "slope_per_doubling": v.get("slope_per_doubling"), "x_range": v.get("x_range"),
             "best_of": v["candidates"], "chosen_on": v.get("chosen_on"),
             "method_loss": v["method"]["target_loss"], "baseline_loss": v["baseline"]["target_loss"],

@@ -307,6 +307,7 @@ def paired_entry(runs: Sequence[Mapping[str, Any]], key: str, curve_name: str, p
         "baseline_x": r["baseline_x"], "multiplier": r["multiplier"], "interval": r["interval"], "bootstrap": None,
         "level": level, "interval_method": r["interval_method"], "paired": True, "seeds": r["seeds"],
         "interpolated": r["interpolated"], "bracket_multiplier": r["bracket_multiplier"], "kind": r["kind"],
+        "lower_bound": r.get("lower_bound"), "seeds_past_range": r.get("seeds_past_range"),
         "slope_per_doubling": r["slope_per_doubling"], "intercept": r["intercept"], "x_range": r["x_range"],
         "chosen_on": "validation" if has_val else "test (no validation losses)",
         "arms": {n: {k: v for k, v in a.items()} | {"lr": arms[n]["lr"], "name": arms[n]["name"]}

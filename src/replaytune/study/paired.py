@@ -199,6 +199,10 @@ def analyse(d: Design, level: float = 0.9, kind: str | None = None) -> dict[str,
             "interval": interval(float(th[j]), loo[:, j]), "interpolated": inside,
             "bracket_multiplier": (br / bb) if (br is not None and bb) else None,
             "seed_gaps": [float(v) for v in d.base - d.arms[n]],
+            # below the reference's mean loss at its largest x: worth more than the measured range
+            # holds, whatever the fit says (the curve may flatten before reaching it)
+            "lower_bound": (hi_x / (bb or d.base_x)) if L < means[-1] and (bb or d.base_x) else None,
+            "seeds_past_range": int(np.sum(d.arms[n] < d.ref[:, -1])),
         }
     out: dict[str, Any] = {
         "kind": kind, "slope_per_doubling": b, "intercept": a, "seeds": S, "seed_ids": list(d.seeds),
@@ -210,7 +214,8 @@ def analyse(d: Design, level: float = 0.9, kind: str | None = None) -> dict[str,
         n = names[best]
         out.update(best=n, multiplier=arms_out[n]["multiplier"], interval=interval(float(th[best]), loo_best),
                    interpolated=arms_out[n]["interpolated"], bracket_multiplier=arms_out[n]["bracket_multiplier"],
-                   method_x=arms_out[n]["effective_x"])
+                   method_x=arms_out[n]["effective_x"], lower_bound=arms_out[n]["lower_bound"],
+                   seeds_past_range=arms_out[n]["seeds_past_range"])
     return out
 
 
