@@ -63,9 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, ``timeout``), unwound like Ctrl-C: cleanup runs (locks released,
+    a sweep's worker processes stopped) instead of the process vanishing with its children alive."""
+
+
+def _terminate_as_interrupt() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers (main() called from a test's thread)
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _terminate_as_interrupt()
     try:
         return int(args.func(args) or 0)
     except ReplaytuneError as exc:
@@ -79,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 "choose another path", 17: "choose another path"}.get(exc.errno or 0, "check the path")
         print(f"replaytune {args.command}: error: {where}{why} ({hint})", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"replaytune {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"replaytune {args.command}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -103,3 +103,82 @@ def test_automatic_eval_cadence_is_one_for_the_sweep_so_branched_equals_alone(st
     alone = train(tasks[1].cfg.model_copy(update={"out_dir": str(tmp_path / "alone")}))
     assert strip_timing(read_metrics(tasks[1].run_dir)) == strip_timing(read_metrics(tmp_path / "alone"))
     assert rundir.read_record(tasks[1].run_dir)["final"] == alone["final"]
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant process of ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, pp in parents.items() if pp == p}
+        out |= kids
+        todo += list(kids)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigterm_to_a_study_with_workers_stops_its_workers_and_it_resumes_identical(stores, tmp_path):
+    import os
+    import sys
+
+    if not os.path.isdir("/proc"):
+        import pytest
+
+        pytest.skip("reads /proc to find the worker processes")
+    cfg = _study(stores, midtrain=None, reference=None, seeds=[0], finetune=FT, steps=400)
+    (tmp_path / "study.json").write_text(cfg.model_dump_json())
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "replaytune.cli", "study", str(tmp_path / "study.json"), "--out",
+                             str(out), "--workers", "2"], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    workers: set[int] = set()
+    while time.time() < deadline and not list(out.glob("runs/*/checkpoints/step-*")):
+        workers |= _children(proc.pid)
+        time.sleep(0.2)
+    assert proc.poll() is None, "the study ended before it could be stopped: give it more steps"
+    workers |= _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in err
+    time.sleep(1)
+    assert workers and not [p for p in workers if _alive(p)]  # no worker left training
+    assert not list(out.rglob(rundir.LOCK))
+    again = study.run_study(cfg, out)
+    whole = study.run_study(cfg, tmp_path / "whole")
+    assert [r["target_loss"] for r in again["runs"]] == [r["target_loss"] for r in whole["runs"]]
+
+
+def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_holder(stores, tmp_path):
+    import pytest
+
+    cfg = _study(stores, midtrain=None, reference=None, seeds=[0], finetune=FT)
+    configs = [c for _, c in study.build_runs(cfg)]
+    tasks = sweep.build_tasks(configs, tmp_path / "runs")
+    holder = rundir.RunLock(tmp_path / "runs").acquire()  # a first sweep, still running
+    try:
+        with pytest.raises(rundir.RunLocked, match=r"runs is in use by pid \d+ on host"):
+            sweep.execute(tasks, sweep.LocalLauncher(progress=False))
+        assert not any(t.run_dir.exists() for t in tasks)  # refused before any run started
+    finally:
+        holder.release()
+    sweep.execute(tasks, sweep.LocalLauncher(progress=False))  # once it is gone, the sweep runs
+    assert all(rundir.is_finished(t.run_dir) for t in tasks) and _leftovers(tmp_path) == []

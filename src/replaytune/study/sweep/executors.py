@@ -70,6 +70,19 @@ class InlineExecutor:
         pass
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM in a worker: unwinds the run like Ctrl-C, so it releases its run folder's lock."""
+
+
+def _worker_started() -> None:
+    import signal
+
+    def stop(signum, frame):
+        raise _Stopped()
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _process_worker(job: RunTask, queue: Any, threads: int = 1) -> Outcome:
     """Entry point of a local worker process (spawned: no state shared with the parent).
 
@@ -102,10 +115,13 @@ class ProcessExecutor:
         self.on_step = on_step
         self.manager = ctx.Manager()
         self.queue = self.manager.Queue()
-        self.pool = ProcessPoolExecutor(max_workers=self.max_running, mp_context=ctx)
+        self.pool = ProcessPoolExecutor(max_workers=self.max_running, mp_context=ctx, initializer=_worker_started)
+        self.futures: list[Any] = []
 
     def submit(self, job: RunTask) -> Any:
-        return self.pool.submit(_process_worker, job, self.queue, self.threads)
+        future = self.pool.submit(_process_worker, job, self.queue, self.threads)
+        self.futures.append(future)
+        return future
 
     def _drain(self) -> None:
         while not self.queue.empty():
@@ -124,7 +140,20 @@ class ProcessExecutor:
     def close(self) -> None:
         if getattr(self, "pool", None) is None:
             return  # never started
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self._drain()
+        if any(not f.done() for f in self.futures):
+            # closed with runs still going (a failed run, Ctrl-C, SIGTERM): stop the workers now;
+            # each run resumes from its last checkpoint when the sweep is started again. The pool
+            # has no public handle on its processes, hence _processes.
+            procs = list((getattr(self.pool, "_processes", None) or {}).values())
+            for proc in procs:
+                proc.terminate()  # SIGTERM: the run unwinds and releases its lock (_worker_started)
+            for proc in procs:
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.kill()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self._drain()
         self.manager.shutdown()
         self.pool = None

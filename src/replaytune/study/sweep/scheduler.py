@@ -83,7 +83,16 @@ def execute(
     if executor is None:
         executor = ProcessExecutor(workers) if workers > 1 and launcher is None else InlineExecutor(launcher)
     show = launcher is None  # a launcher given by the caller reports (or not) on its own
-    return _schedule(tasks, executor, log, total, computed, show)
+    # one sweep at a time on a folder of runs: a second one is refused at once, naming the holder
+    # (each run directory has its own lock too, taken by the process that trains in it)
+    lock = rundir.RunLock(Path(os.path.commonpath([str(t.run_dir.resolve().parent) for t in tasks]))) if tasks else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _schedule(tasks, executor, log, total, computed, show)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _schedule(tasks: Sequence[Task], executor: Executor, log: Callable[[str], None], total: int, computed: int,
