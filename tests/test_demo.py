@@ -53,6 +53,9 @@ def test_demo_study_has_a_protocol_without_leaks_and_the_papers_midtraining_geom
         assert len({lab["lr"] for lab in mine}) >= 2 and len({lab["seed"] for lab in mine}) >= 4
     # the second sweep: every rho (0.875 included) and every reference point at the chosen peak LR, every seed
     stage2 = build_runs(full, midtrain_lr=1e-3)
+    assert all(cfg.data.micro_batch_size is None for _, cfg in stage2)  # the whole batch in one pass
+    split = build_runs(demo.demo_study(data, "basque", full=True, micro_batch_size=8), midtrain_lr=1e-3)
+    assert [c.data.micro_batch_size for _, c in split] == [8] * len(split) and len(split) == len(stage2)
     mt2 = [lab for lab, _ in stage2 if lab["setting"] == "midtrain"]
     assert {lab["lr"] for lab in mt2} == {1e-3}
     assert {lab["rho"] for lab in mt2} == {0.0, 0.25, 0.5, 0.75, 0.875}

@@ -15,7 +15,7 @@ from replaytune.schedule import lr_factor
 from replaytune.train import RunPlan, open_stores, read_metrics, train
 from replaytune.data.window import windows
 
-TRAIN_KEYS = {"kind", "step", "phase", "phase_step", "lr", "loss", "train_loss", "tokens", "epochs", "tokens_per_s", "elapsed_s"}
+TRAIN_KEYS = {"kind", "step", "phase", "phase_step", "lr", "loss", "grad_norm", "train_loss", "tokens", "epochs", "tokens_per_s", "elapsed_s"}
 EVAL_KEYS = {"kind", "step", "phase", "phase_step", "eval", "epochs"}
 RECORD_KEYS = {"name", "config", "fingerprints", "phases", "final", "tokens", "epochs", "steps", "wall_time_s", "train_time_s", "tokens_per_s"}
 

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from .helpers import python, strip_timing, subprocess_env
 from .test_sweep_study import _study
 from replaytune import rundir
@@ -182,3 +184,37 @@ def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_holder(stores, 
         holder.release()
     sweep.execute(tasks, sweep.LocalLauncher(progress=False))  # once it is gone, the sweep runs
     assert all(rundir.is_finished(t.run_dir) for t in tasks) and _leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_a_study_with_workers_killed_over_2_to_25_seconds_ends_identical(stores, tmp_path):
+    """SIGKILL to the parent of a two-worker study at seeded moments between 2 and 25 s (slow)."""
+    import os
+    import sys
+
+    cfg = _study(stores, midtrain={"epochs": 4, "replay": [0.0, 0.5], "alpha": [1.0], "lr": 3e-3},
+                 reference={"target_batches": [0.5, 2], "family": "baseline"}, seeds=[0, 1], finetune=FT, steps=600)
+    (tmp_path / "study.json").write_text(cfg.model_dump_json())
+    out = tmp_path / "killed"
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-m", "replaytune.cli", "study", str(tmp_path / "study.json"), "--out",
+                                 str(out), "--workers", "2"], env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 25.0))
+        if proc.poll() is None:
+            kills += 1
+            for pid in _children(proc.pid):  # SIGKILL leaves no time for cleanup: the workers die too
+                os.kill(pid, signal.SIGKILL)
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    if kills == 0:
+        pytest.fail("no kill landed: the study finished first; give it more steps")
+    again = study.run_study(cfg, out)
+    whole = study.run_study(cfg, tmp_path / "whole")
+    strip = lambda res: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in res["runs"]]  # noqa: E731
+    assert strip(again) == strip(whole)
+    assert _leftovers(out) == []
+
+

@@ -12,7 +12,7 @@ def _run(args) -> int:
     from replaytune.study import demo
 
     summary = demo.run_demo(args.out, generic=args.generic, targets=args.target or None, quick=args.quick,
-                            workers=args.workers, threads=args.threads)
+                            workers=args.workers, threads=args.threads, micro_batch_size=args.micro_batch_size)
     t = summary["timing_s"]
     print(f"\nreplaytune demo finished in {summary['wall_time_s'] / 60:.1f} min (data {t['data']:.0f} s, runs "
           f"{t['runs']:.0f} s, report {t['report']:.0f} s; {summary['workers']} workers x {summary['threads']} thread(s))")
@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "two threads for this model size on 2 cores)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per worker process (default 1); another count sums in another order, which "
-                   "is how BENCHMARKS.md checks that the headline is stable under rounding")
+                   "may change the rounding (on a small model it may not: BENCHMARKS.md)")
+    p.add_argument("--micro-batch-size", type=int, default=None, metavar="N",
+                   help="sequences per forward pass, the rest of the batch of 16 by gradient accumulation: the same "
+                   "updates in another summation order, which is how BENCHMARKS.md checks that the headline is "
+                   "stable under rounding (default: the whole batch)")
     p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets (~3 min; checks the pipeline, results not meaningful)")
     p.set_defaults(func=_run)

@@ -74,6 +74,9 @@ class StudyConfig(_Frozen):
     model: ModelConfig = ModelConfig(preset="tiny")
     seq_len: int = 128
     batch_size: int = 16
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Sequences per forward pass, the rest gradient accumulation (default: the whole "
+        "batch): the same updates up to rounding, in another summation order.")
     steps: int = Field(512, ge=8, description="Total steps N of every run (the fixed budget).")
     target_batches: int = Field(1, ge=1, description="Unique target data T of the method runs, in batches.")
     seeds: list[int] = Field(

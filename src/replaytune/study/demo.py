@@ -132,7 +132,8 @@ def prepare_data(out: Path, generic: str | None = None, targets: list[str] | Non
     return DemoData(tok_dir, stores.pop("generic"), stores, found)
 
 
-def demo_study(data: DemoData, target: str, *, full: bool, quick: bool = False) -> "Any":
+def demo_study(data: DemoData, target: str, *, full: bool, quick: bool = False,
+               micro_batch_size: int | None = None) -> "Any":
     """The study config of one target (the full study, or fine-tuning only).
 
     Both use the ``baseline`` reference family: at this scale the paper's uniform references
@@ -153,6 +154,7 @@ def demo_study(data: DemoData, target: str, *, full: bool, quick: bool = False) 
         "model": {"preset": "tiny", "tokenizer": str(data.tokenizer)},
         "seq_len": 128,
         "batch_size": 16,
+        "micro_batch_size": micro_batch_size,
         "steps": 96 if quick else DEMO_STEPS,
         "target_batches": 1,
         "seeds": seeds,
@@ -212,7 +214,7 @@ CURVE_EVALS = 0
 
 
 def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] | None = None, quick: bool = False,
-             workers: int = 2, threads: int = 1) -> dict[str, Any]:
+             workers: int = 2, threads: int = 1, micro_batch_size: int | None = None) -> dict[str, Any]:
     from replaytune.study import report, sweep
     from replaytune.study import runs as study
 
@@ -225,7 +227,7 @@ def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] 
     plans = []
     for i, name in enumerate(names):
         where = out if i == 0 else out / name
-        plans.append((demo_study(data, name, full=(i == 0), quick=quick), where))
+        plans.append((demo_study(data, name, full=(i == 0), quick=quick, micro_batch_size=micro_batch_size), where))
         _say(f"target '{name}': {'full study' if i == 0 else 'fine-tuning comparison'} -> {where}")
     t1 = time.time()
     all_results = study.run_studies(plans, out / "runs", executor=sweep.ProcessExecutor(workers, threads))
@@ -236,7 +238,7 @@ def run_demo(out: str | Path, *, generic: str | None = None, targets: list[str] 
                                                "data_fingerprint": results["meta"]["data_fingerprint"]}
     summary["wall_time_s"] = time.time() - t0
     summary["timing_s"] = {"data": t1 - t0, "runs": t2 - t1, "report": time.time() - t2}
-    summary["workers"], summary["threads"] = workers, threads
+    summary["workers"], summary["threads"], summary["micro_batch_size"] = workers, threads, micro_batch_size
     summary["primary"] = primary
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -68,6 +68,7 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
         "data": {
             "seq_len": study.seq_len,
             "batch_size": study.batch_size,
+            **({"micro_batch_size": study.micro_batch_size} if study.micro_batch_size else {}),
             "sources": {
                 study.target_name: target,
                 study.generic_name: {"store": study.generic_store},
