@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 
 from replaytune import __version__
@@ -43,8 +42,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         message = " ".join(message.split())  # argparse's own messages can span lines
-        # a flag with aliases (--lr/--learning_rate) is named by its first spelling, as --help lists it
-        message = re.sub(r"^argument (-[\w-]+)(?:/-[\w-]+)+:", r"argument \1:", message)
         self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the flags)\n")
 
 

@@ -63,7 +63,7 @@ FINETUNE_ROWS = [
         "replaytune finetune: error: argument --replay-fraction: 'abc': give the replay share of the batch as a "
         "number in [0, 1)"),
     Row("finetune-report-to-nonsense", (FT, "--report-to", "nonsense"),
-        "replaytune finetune: error: argument --report-to: unknown tracker 'nonsense'"),
+        "replaytune finetune: error: argument --report-to/--report_to: unknown tracker 'nonsense'"),
     Row("finetune-model-missing", (FT, "--model", "./no/such/model"),
         "replaytune finetune: error: model ./no/such/model: no such file or directory"),
     Row("finetune-target-missing", (FT, "--target", "{out}.jsonl"),
