@@ -193,7 +193,8 @@ def test_a_study_with_workers_killed_over_2_to_25_seconds_ends_identical(stores,
     import sys
 
     cfg = _study(stores, midtrain={"epochs": 4, "replay": [0.0, 0.5], "alpha": [1.0], "lr": 3e-3},
-                 reference={"target_batches": [0.5, 2], "family": "baseline"}, seeds=[0, 1], finetune=FT, steps=600)
+                 reference={"target_batches": [0.5, 2], "family": "baseline"}, seeds=[0, 1], finetune=FT, steps=1200,
+                 batch_size=4)
     (tmp_path / "study.json").write_text(cfg.model_dump_json())
     out = tmp_path / "killed"
     rng = random.Random(7)
