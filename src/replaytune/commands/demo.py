@@ -49,5 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sequences per forward pass, the rest of the batch of 16 by gradient accumulation: the same "
                    "updates in another summation order, which is how BENCHMARKS.md checks that the headline is "
                    "stable under rounding (default: the whole batch)")
-    p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets (~3 min; checks the pipeline, results not meaningful)")
+    p.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets (~5 min on 2 cores; checks the pipeline, results not meaningful)")
     p.set_defaults(func=_run)
