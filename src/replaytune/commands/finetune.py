@@ -207,14 +207,11 @@ def _batch_size(args: argparse.Namespace) -> int | None:
 
     if args.micro_batch_size is None:
         raise ConfigError("--gradient_accumulation_steps needs --per_device_train_batch_size (the micro-batch)")
-    import os
+    from replaytune.finetune.names import accumulated_batch
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    total = args.micro_batch_size * args.gradient_accumulation_steps * world
+    total, how = accumulated_batch(args.micro_batch_size, args.gradient_accumulation_steps)
     if args.batch_size is not None and args.batch_size != total:
-        raise ConfigError(f"--batch-size {args.batch_size} disagrees with --per_device_train_batch_size "
-                          f"{args.micro_batch_size} x --gradient_accumulation_steps {args.gradient_accumulation_steps} "
-                          f"x {world} processes = {total}; give one or the other")
+        raise ConfigError(f"--batch-size {args.batch_size} disagrees with {how} = {total}; give one or the other")
     return total
 
 

@@ -66,12 +66,19 @@ def hf_names(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     steps = out.pop("gradient_accumulation_steps", None)
     if steps is not None:
         micro = out.get("micro_batch_size")
-        if micro is None:
-            raise ConfigError(f"{where}: gradient_accumulation_steps needs per_device_train_batch_size (the micro-batch)")
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        put("batch_size", int(micro) * int(steps) * world,
-            f"per_device_train_batch_size {micro} x gradient_accumulation_steps {steps} x {world} processes")
+        total, how = accumulated_batch(micro, steps, f"{where}: ")
+        put("batch_size", total, how)
     return out
+
+
+def accumulated_batch(micro: Any, steps: Any, where: str = "") -> tuple[int, str]:
+    """Transformers' global batch: per-device batch x accumulation steps x processes
+    (``WORLD_SIZE``), and how it was computed; the flags and the config files share it."""
+    if micro is None:
+        raise ConfigError(f"{where}gradient_accumulation_steps needs per_device_train_batch_size (the micro-batch)")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    total = int(micro) * int(steps) * world
+    return total, f"per_device_train_batch_size {micro} x gradient_accumulation_steps {steps} x {world} processes"
 
 
 def resume_requested(cfg: Any) -> bool:

@@ -312,34 +312,32 @@ def headline(results: dict[str, Any]) -> list[str]:
         if c is None:
             continue  # the runs for it were not part of this study
         if c.get("multiplier") is None and c.get("lower_bound"):
-            lo, hi = c.get("x_range") or (None, None)
+            hi = (c.get("x_range") or (None, None))[1]
             lines.append(f"  {text:20s} > {c['lower_bound']:.1f}x, beyond the measured range: {c['method']} has target "
                          f"{c['method_loss']:.3f}, below the no-replay recipe's mean at its largest x = {hi:g} batches, "
                          f"in {c.get('seeds_past_range')} of {c.get('seeds')} seeds (no finite multiplier from the fit)")
-            for name, a in (c.get("arms") or {}).items():
-                bound = f"> {a['lower_bound']:.1f}x" if a.get("lower_bound") else (
-                    "none" if a.get("multiplier") is None else f"{a['multiplier']:.2f}x")
-                lines.append(f"  {'':20s} {name:22s} {bound}  target {a['loss']:.3f}")
-            continue
-        if c.get("multiplier") is None:
+        elif c.get("multiplier") is None:
             why = c.get("error") or ("the method's loss is at or below the curve's asymptote C: no finite effective data"
                                      if c.get("method_x") is None else "the baseline has no finite effective data")
             lines.append(f"  {text:20s} none - {why}")
             continue
-        br = c.get("bracket_multiplier")
-        br_txt = f"; between the measured points {br:.2f}x" if br is not None else ""
-        fit = c.get("fit")
-        slope = c.get("slope_per_doubling")
-        fit_txt = (f"{fit} fit" if fit else "fit") + (f", {slope:.3f} nats per doubling" if slope is not None else "")
-        k = c.get("best_of") or c.get("candidates")
-        lines.append(f"  {text:20s} {c['multiplier']:.2f}x{_iv(c.get('interval'))}{br_txt}  ({c['method']} vs "
-                     f"{c['baseline']}: best of {k} arms, chosen on {c.get('chosen_on') or 'the reported losses'}; {fit_txt})")
-        if c.get("interpolated") is False:
-            lo, hi = c.get("x_range") or (None, None)
-            lines.append(f"  {'':20s} effective data outside the measured range x = {lo:g}..{hi:g} batches: extrapolated"
-                         if lo is not None else f"  {'':20s} effective data outside the measured range: extrapolated")
-        for name, a in (c.get("arms") or {}).items():
-            m = a.get("multiplier")
-            lines.append(f"  {'':20s} {name:22s} {'none' if m is None else f'{m:.2f}x'}{_iv(a.get('interval'))}"
-                         f"  target {a['loss']:.3f}")
+        else:
+            br = c.get("bracket_multiplier")
+            br_txt = f"; between the measured points {br:.2f}x" if br is not None else ""
+            fit = c.get("fit")
+            slope = c.get("slope_per_doubling")
+            fit_txt = (f"{fit} fit" if fit else "fit") + (f", {slope:.3f} nats per doubling" if slope is not None else "")
+            k = c.get("best_of") or c.get("candidates")
+            lines.append(f"  {text:20s} {c['multiplier']:.2f}x{_iv(c.get('interval'))}{br_txt}  ({c['method']} vs "
+                         f"{c['baseline']}: best of {k} arms, chosen on {c.get('chosen_on') or 'the reported losses'}; "
+                         f"{fit_txt})")
+            if c.get("interpolated") is False:
+                lo, hi = c.get("x_range") or (None, None)
+                lines.append(f"  {'':20s} effective data outside the measured range x = {lo:g}..{hi:g} batches: "
+                             "extrapolated" if lo is not None
+                             else f"  {'':20s} effective data outside the measured range: extrapolated")
+        for name, a in (c.get("arms") or {}).items():  # every arm: its multiplier, its lower bound, or none
+            m, lb = a.get("multiplier"), a.get("lower_bound")
+            value = f"{m:.2f}x" if m is not None else f"> {lb:.1f}x" if lb else "none"
+            lines.append(f"  {'':20s} {name:22s} {value}{_iv(a.get('interval'))}  target {a['loss']:.3f}")
     return lines

@@ -229,6 +229,7 @@ class Trainer:
         """Weights, optimizer, step, running sums and timers from ``source`` (or a fresh start)."""
         plan = self.plan
         self.acc = self._empty_acc()
+        self.grad_norm: float | None = None  # of the latest update, before clipping
         self.window: deque = deque(maxlen=FINAL_WINDOW)
         self.last_eval: dict[str, float | None] | None = None
         self._elapsed0, self.train_time = 0.0, 0.0
@@ -395,7 +396,7 @@ class Trainer:
         loss = float(stats[:k].sum() / max(stats[k:].sum(), 1.0))
         if not (math.isfinite(loss) and (math.isfinite(norm) or self.scaler.is_enabled())):
             self._diverged(s, loss, norm, lr)  # fp16: an overflowing step is skipped by the scaler instead
-        self.grad_norm = norm  # before clipping, as Transformers logs it
+        self.grad_norm = norm  # before clipping, as Transformers logs it (metrics' train lines)
         self.scaler.step(self.optimizer)  # optimizer.step() unless fp16
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -457,7 +458,7 @@ class Trainer:
                 "phase_step": ps,
                 "lr": lr,
                 "loss": clean(sum(acc["src_sum"]) / total_tok) if total_tok > 0 else None,
-                "grad_norm": clean(getattr(self, "grad_norm", None)),  # of the line's last update
+                "grad_norm": clean(self.grad_norm),  # of the line's last update
                 "train_loss": self._per_source(acc["src_sum"], acc["src_tok"]),
                 "tokens": plan.tokens_seen(s),
                 "epochs": plan.epochs_seen(s),
