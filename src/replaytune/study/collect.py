@@ -63,6 +63,7 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
             "target_loss": _reported(record, study.target_name),
             "target_val": final_loss(record, f"{study.target_name}/val"),
             "generic_loss": _reported(record, study.generic_name),
+            **({"heldout": {name: _reported(record, name) for name in study.heldout}} if study.heldout else {}),
             "run_dir": os.path.relpath(run_dir, out_dir),
             "wall_time_s": record.get("wall_time_s"),
         })
@@ -72,9 +73,14 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
         "target_batches": study.target_batches, "model": study.model.model_dump(mode="json", exclude_none=True),
         "seeds": study.seeds, "draw": study.draw,
         "held_out": "test half (choices on the validation half)" if study.eval.split else "one set (choices and reports)",
-        "data_fingerprint": data_fingerprint([study.target_store, study.generic_store]),
+        "data_fingerprint": data_fingerprint([study.target_store, study.generic_store, *study.heldout.values()]),
+        **({"heldout_sources": list(study.heldout)} if study.heldout else {}),
         **(extra_meta or {}),
     }}
+    if study.pretrain is None:
+        results["meta"]["protocol"] = ("fine-tuning from the pretrained model at fixed target epochs: x * E / (1 - rho) "
+                                       "steps, no pre-training phase")
+        results["base"] = base_losses(study, labelled)
     family = study.reference.family if study.reference is not None else "uniform"
     results["meta"]["reference_family"] = family
     results.update(analyse(rows, family, level=study.reference.level if study.reference is not None else eff.LEVEL))
@@ -90,6 +96,21 @@ def collect(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]], out
         results["replay_search"] = {s: replay_search(study, labelled, s, results.get("noise", {}))
                                     for s in ("finetune", "midtrain") if getattr(study, s) is not None}
     return results
+
+
+def base_losses(study: StudyConfig, labelled: list[tuple[dict[str, Any], Path]]) -> dict[str, float | None] | None:
+    """The model's reported losses before any fine-tuning: the step-0 evaluation of the run that
+    made one (``eval.at_start``), per source (target, generic, held-out-only); None if no run did."""
+    from replaytune.train.metrics import read_metrics
+
+    for _, run_dir in labelled:
+        for m in read_metrics(run_dir):
+            if m["kind"] == "eval" and m["step"] == 0:
+                ev = m["eval"]
+                pick = {name: ev.get(f"{name}/test", ev.get(name))
+                        for name in (study.target_name, study.generic_name, *study.heldout)}
+                return {k: (None if v is None or not math.isfinite(v) else float(v)) for k, v in pick.items()}
+    return None
 
 
 def midtrain_geometry(steps: int, target_steps: float, rhos: list[float], decay: float, warmup_steps: int,

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from replaytune.study import ramps as study_ramps
 from replaytune.config import EvalConfig, ModelConfig, OptimConfig
@@ -89,7 +89,15 @@ class StudyConfig(_Frozen):
         "its own disjoint block (seed s: sequences s * n to s * n + n of the shuffle, n the most any run of the "
         "study uses), so nested amounts of data of one seed share their sequences; null: blocks of the store's "
         "order (neighbouring documents of sorted files).")
-    pretrain: PretrainSpec = PretrainSpec()
+    pretrain: PretrainSpec | None = Field(
+        PretrainSpec(), description="Pre-training of the fine-tuning runs' generic phase (N - F steps). null: start "
+        "every run from model.pretrained as it is, the paper's practice protocol: a fine-tuning run is its fine-tuning "
+        "phase alone, x * E / (1 - rho) steps, so replay makes it longer at fixed target epochs; `steps` is then "
+        "unused and there is no mid-training.")
+    heldout: dict[str, str] = Field(
+        default_factory=dict, description="Held-out-only sources, name -> token store: never trained on, evaluated at "
+        "the end of every method run (reference runs skip them), e.g. a third domain showing forgetting beyond the "
+        "replay source itself.")
     finetune: FinetuneGrid | None = FinetuneGrid()
     midtrain: MidtrainGrid | None = MidtrainGrid()
     reference: ReferenceGrid | None = ReferenceGrid()
@@ -109,6 +117,22 @@ class StudyConfig(_Frozen):
         [], description="Extra held-out evaluations at these offsets from the switch to target data (e.g. -32, 8, 64), "
         "in the first seed's fine-tuning and mid-training runs: the loss spike the paper's 'distribution shift' "
         "explanation is about, at the cost of one evaluation each.")
+
+    @model_validator(mode="after")
+    def _practice(self):
+        clash = sorted(set(self.heldout) & {self.target_name, self.generic_name})
+        if clash:
+            raise ValueError(f"heldout: {clash[0]!r} is already the target or generic source's name")
+        if self.pretrain is None:
+            if self.model.pretrained is None:
+                raise ValueError("pretrain: null starts every run from a pretrained model: set model.pretrained")
+            if self.midtrain is not None or self.ramps is not None:
+                raise ValueError("pretrain: null (fine-tuning a pretrained model) has no mid-training or ramp arms: "
+                                 "set midtrain and ramps to null")
+            if self.reference is not None and self.reference.family != "baseline":
+                raise ValueError("pretrain: null needs reference.family baseline (uniform references mix the target "
+                                 "through a pre-training run of `steps`)")
+        return self
 
 
 PAPER = {

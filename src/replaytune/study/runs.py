@@ -72,10 +72,14 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
             "sources": {
                 study.target_name: target,
                 study.generic_name: {"store": study.generic_store},
+                **{name: {"store": store} for name, store in study.heldout.items()},
             },
         },
         "optim": study.optim.model_dump(mode="json"),
         "eval": _eval(study),
+        # from a pretrained model no run continues another (no shared prefix): a checkpoint of the
+        # model and its optimizer would outweigh the run's few steps, and its weights the disk
+        **({"checkpoint": {"at_end": False, "final_model": False}} if study.pretrain is None else {}),
         **({"report_to": list(study.report_to)} if study.report_to else {}),
     }
 
@@ -84,7 +88,8 @@ def _eval(study: StudyConfig, generic: bool = True) -> dict[str, Any]:
     """The runs' evaluation: the study's, less the generic validation half (no choice is made on
     the generic loss) and, for reference runs (``generic=False``), the generic set altogether."""
     ev = study.eval.model_dump(mode="json")
-    extra = [study.generic_name] if not generic else [f"{study.generic_name}/val"] if study.eval.split else []
+    others = [study.generic_name, *study.heldout]
+    extra = others if not generic else [f"{name}/val" for name in others] if study.eval.split else []
     ev["skip"] = sorted(set(ev["skip"]) | set(extra))
     return ev
 
@@ -114,7 +119,7 @@ def build_runs(study: StudyConfig, midtrain_lr: float | None = None) -> list[tup
     # One warmup length (in steps) for every run that starts from scratch: pre-training runs
     # of different lengths and the mid-training runs then agree on the LR until their decays
     # begin, which is what lets the sweep share those steps.
-    warm = math.ceil(pre.warmup * N)
+    warm = math.ceil(pre.warmup * N) if pre is not None else 0
     if study.finetune is not None:
         ft = study.finetune
         for rho in ft.replay:
@@ -123,7 +128,7 @@ def build_runs(study: StudyConfig, midtrain_lr: float | None = None) -> list[tup
                     name = f"ft_rho{rho:g}_lr{lr:g}_s{seed}"
                     cfg = _finetune_run(study, name, T, rho, lr, seed, warm, dense=seed == study.seeds[0])
                     labels = {"setting": "finetune", "rho": rho, "alpha": None, "lr": lr, "x": T, "seed": seed,
-                              "switch_step": cfg.phases[0].steps}
+                              "switch_step": _switch(cfg)}
                     runs.append((labels, cfg))
     lrs = midtrain_lrs(study)
     tuning = midtrain_lr is None and len(lrs) > 1
@@ -157,41 +162,50 @@ def build_runs(study: StudyConfig, midtrain_lr: float | None = None) -> list[tup
     return runs
 
 
+def _switch(cfg: RunConfig) -> int:
+    """The step where fine-tuning starts: after the pre-training phase, or 0 from a pretrained model."""
+    return cfg.phases[0].steps if len(cfg.phases) > 1 else 0
+
+
 def _finetune_run(study: StudyConfig, name: str, x: float, rho: float, lr: float, seed: int, warm: int,
                   dense: bool = False) -> RunConfig:
     """Pre-training on generic for N - F steps, then fine-tuning on x batches of target data for
-    F = x * E / (1 - rho) steps: the total stays N, so more fine-tuning means less pre-training."""
+    F = x * E / (1 - rho) steps: the total stays N, so more fine-tuning means less pre-training.
+    Without ``pretrain`` (a pretrained model): the fine-tuning phase alone, F steps, longer with replay."""
     ft = study.finetune or FinetuneGrid()
     pre, B, N = study.pretrain, study.batch_size, study.steps
     plan = sched.finetune(x, ft.epochs, rho)
-    if plan.steps >= N:
+    if pre is not None and plan.steps >= N:
         raise sched.ScheduleError(f"fine-tuning at rho={rho:g}, x={x:g} batches needs {plan.steps} steps, not less "
                                   f"than the budget {N}")
     n = max(1, int(round(x * B)))
     # seed s: the s-th disjoint draw of unique target data, and its own fine-tuning order
     d = _base(study, name, n, first=_first(study, seed, n))
-    d["phases"] = [
-        {"name": "pretrain", "steps": N - plan.steps, "constant": study.generic_name,
-         "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)},
-        {"name": "finetune",
-         "finetune": {"target_steps": x, "epochs": ft.epochs, "replay": rho,
-                      "target": study.target_name, "generic": study.generic_name},
-         "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed},
-    ]
+    tune = {"name": "finetune",
+            "finetune": {"target_steps": x, "epochs": ft.epochs, "replay": rho,
+                         "target": study.target_name, "generic": study.generic_name},
+            "lr": _lr(lr, ft.schedule, ft.warmup), "reset_optimizer": True, "seed": seed}
+    if pre is None:
+        d["phases"] = [tune]
+        if dense and rho == ft.replay[0] and lr == ft.lrs[0]:
+            d["eval"]["at_start"] = True  # one run evaluates the model as it was: the losses before fine-tuning
+    else:
+        d["phases"] = [{"name": "pretrain", "steps": N - plan.steps, "constant": study.generic_name,
+                        "lr": _lr(pre.lr, pre.schedule, pre.warmup, pre.decay, warm)}, tune]
     if study.replay_search and x == study.target_batches:  # method runs, not references
         from replaytune.search import rung_steps
 
-        d["phases"][1]["eval_at"] = rung_steps(plan.steps)
+        tune["eval_at"] = rung_steps(plan.steps)
     if dense:
         # the first seed's curves are the ones plotted: evaluate curve_evals times in the
         # fine-tuning phase (the over-fitting curve across epochs), and at the study's offsets
         # from the switch: before it in pre-training, after it in fine-tuning
         if study.curve_evals:
-            d["phases"][1]["eval_interval"] = max(1, plan.steps // study.curve_evals)
-        P = N - plan.steps
-        d["phases"][0]["eval_at"] = sorted(P + o for o in study.switch_evals if -P < o < 0)
-        d["phases"][1]["eval_at"] = sorted(set(d["phases"][1].get("eval_at", []))
-                                           | {o for o in study.switch_evals if 0 < o <= plan.steps})
+            tune["eval_interval"] = max(1, plan.steps // study.curve_evals)
+        if pre is not None:
+            P = N - plan.steps
+            d["phases"][0]["eval_at"] = sorted(P + o for o in study.switch_evals if -P < o < 0)
+        tune["eval_at"] = sorted(set(tune.get("eval_at", [])) | {o for o in study.switch_evals if 0 < o <= plan.steps})
     return validate(d, f"study run {name}")
 
 
@@ -260,7 +274,7 @@ def _reference_runs(study: StudyConfig, warm: int, mt_lr: float | None = None) -
                     name = f"ftref_x{x:g}_lr{lr:g}_s{seed}"
                     cfg = _as_reference(study, _finetune_run(study, name, x, 0.0, lr, seed, warm))
                     labels = {"setting": "finetune", "rho": 0.0, "alpha": None, "lr": lr, "x": x, "seed": seed,
-                              "switch_step": cfg.phases[0].steps, "reference": True}
+                              "switch_step": _switch(cfg), "reference": True}
                     out.append((labels, cfg))
             if study.midtrain is not None and mt_lr is not None:
                 # Stage 2 keeps the baseline's length (T * E steps) and holds x batches of unique
@@ -316,7 +330,6 @@ def run_studies(studies: list[tuple[StudyConfig, Path]], runs_dir: str | Path, *
     keeps the checkpoints they branch from: the second sweep starts from the shared stable
     part of the baseline's WSD run instead of step 0.
     """
-    from replaytune.study import sweep
 
     first = [(i, lab, cfg) for i, (study, _) in enumerate(studies) for lab, cfg in build_runs(study)]
     # planning opens every store: a bad one is refused here, before anything is written

@@ -292,10 +292,10 @@ class Trainer:
         self.eval_interval = interval
         eval_steps = set(plan.phase_ends()) | (set(plan.stage_switches()) if cfg.eval.at_stage_switch else set())
         eval_steps |= {p.start + k for p in plan.phases for k in cfg.phases[p.index].eval_at if 0 < k <= p.end - p.start}
-        ckpt_steps = set(plan.phase_ends()) | set(self.save_at)
         end = plan.total_steps if self.stop_at is None else min(self.stop_at, plan.total_steps)
+        ends = set(plan.phase_ends()) | {end} if cfg.checkpoint.at_end else {end} - {plan.total_steps}
+        ckpt_steps = ends | set(self.save_at)
         eval_steps.add(end)
-        ckpt_steps.add(end)
 
         self._t0 = time.perf_counter()
         self.progress = Progress(plan.total_steps, self.step, enabled=self.dist.is_main and cfg.progress, desc=cfg.name)
