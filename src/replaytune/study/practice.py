@@ -121,6 +121,18 @@ def _convert(gguf: Path, folder: Path) -> None:
     save_model(model, folder, tokenizer=tok)
 
 
+def check_user_files(target: str | None, generic: str | None) -> dict[str, Path]:
+    """The user's --target / --generic paths; DataError naming the flag for one that is missing."""
+    out = {}
+    for role, given in (("target", target), ("generic", generic)):
+        if given:
+            p = Path(given)
+            if not p.exists():
+                raise DataError(f"--{role} {given}: no such file or directory")
+            out[role] = p
+    return out
+
+
 def find_corpora(work: Path, target: str | None, generic: str | None) -> tuple[dict[str, Path], list[str]]:
     """Paths of the target, generic and downstream corpora (user files replace the first two) and
     one line each saying what was found."""
@@ -129,13 +141,9 @@ def find_corpora(work: Path, target: str | None, generic: str | None) -> tuple[d
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
     lines = []
-    for role, given in (("target", target), ("generic", generic)):
-        if given:
-            p = Path(given)
-            if not p.exists():
-                raise DataError(f"--{role} {given}: no such file or directory")
-            out[role] = p
-            lines.append(f"{role}: your files at {p}")
+    for role, p in check_user_files(target, generic).items():
+        out[role] = p
+        lines.append(f"{role}: your files at {p}")
     if "target" not in out:
         have = set(corpora.languages())
         lang = next((g for g in TARGET_LANGS if g in have), None)
@@ -252,6 +260,7 @@ def run_practice(out: str | Path, *, pretrained: str = "smollm2", target: str | 
     out = Path(out)
     t0 = time.time()
     work = out / "data"
+    check_user_files(target, generic)  # refused before anything is written (the model conversion writes)
     model, described = resolve_model(pretrained, work)
     paths, found = find_corpora(work / "corpora", target, generic)
     for line in found:
