@@ -86,6 +86,28 @@ def test_compare_ramps_names_the_best_arm_and_the_verdict():
     assert any("beats it" in line for line in ramps.summary_lines(comp))
 
 
+def test_with_a_reference_curve_every_arm_gets_the_headlines_paired_multiplier():
+    from replaytune.study import paired
+
+    # baseline curve L = 5 - 0.2 log2 x (+ a seed offset shared by every run of the seed)
+    off = [0.0, 0.03, -0.02, 0.01]
+    rows = [{"setting": "midtrain", "rho": 0.0, "alpha": 1.0, "lr": 3e-3, "x": x, "seed": s, "reference": x != 1,
+             "target_loss": 5.0 - 0.2 * math.log2(x) + o} for x in (0.5, 1, 2) for s, o in enumerate(off)]
+    rows += [{"setting": "midtrain", "rho": 0.5, "alpha": 1.0, "lr": 3e-3, "x": 1, "seed": s, "target_loss": 4.8 + o}
+             for s, o in enumerate(off)]  # worth 2x: 0.2 nats lower
+    rows += [{"setting": "midtrain_ramp", "schedule": "linear:1:0", "rho": 0.5, "x": 1, "seed": s,
+              "target_loss": 4.9 + o + 0.001 * s} for s, o in enumerate(off)]
+    m = ramps.compare_ramps(rows, level=0.9)["midtrain"]["paired_multipliers"]
+    assert m["interval_method"] == paired.INTERVAL_METHOD and m["seeds"] == 4
+    assert m["arms"]["rho=0.5, alpha=1"]["multiplier"] == pytest.approx(2.0)
+    ramp = m["arms"]["linear:1:0"]
+    assert ramp["multiplier"] == pytest.approx(2 ** ((0.1 - 0.0015) / 0.2), rel=1e-6)
+    lo, hi = ramp["interval"]
+    assert lo < ramp["multiplier"] < hi
+    assert any("multipliers over the no-replay baseline" in line for line in ramps.summary_lines(
+        ramps.compare_ramps(rows, level=0.9)))
+
+
 def test_ramps_preset_is_the_paper_setup_with_ramp_arms():
     cfg = study.load_study(None, ["target_store=t", "generic_store=g"], preset="ramps")
     assert (cfg.steps, cfg.batch_size, cfg.seq_len, cfg.model.preset) == (1024, 1024, 4096, "150m")

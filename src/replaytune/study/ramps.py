@@ -169,8 +169,50 @@ def compare_ramps(rows: list[dict[str, Any]], fits: dict[str, Any] | None = None
             row["beats_best"] = bool(iv is not None and iv[1] < 0)
             row["loses_to_best"] = bool(iv is not None and iv[0] > 0)
             entry["shapes"][shape] = row
+        paired_m = paired_multipliers(rows, setting, level)
+        if paired_m is not None:
+            entry["paired_multipliers"] = paired_m
         out[setting] = entry
     return out
+
+
+def paired_multipliers(rows: list[dict[str, Any]], setting: str, level: float = 0.9) -> dict[str, Any] | None:
+    """Every two-stage arm (at its best LR) and every ramp of ``setting`` as a multiplier over the
+    setting's no-replay baseline, read off its baseline reference curve (rows labelled
+    ``reference``) by the headline's estimator and interval (:func:`replaytune.study.paired.analyse`:
+    paired seed jackknife, t interval). None without at least 3 reference points or 2 common seeds.
+    """
+    from replaytune.study import efficiency as eff
+    from replaytune.study import paired
+
+    one = lambda v: abs(v - 1.0) < 1e-9  # noqa: E731
+    groups = eff.group_runs(r for r in rows if r.get("setting") == setting)
+    base_like = [g for g in groups if abs(g["rho"]) < 1e-9 and one(g["alpha"])]
+    refs = eff.best_per(base_like, lambda g: g["x"])
+    method = [g for g in groups if not g["reference"]]
+    bases = [g for g in base_like if not g["reference"]]
+    if len(refs) < 3 or not bases:
+        return None
+    base = eff.best_per(bases, lambda g: 0)[0]
+    seeds_of = lambda g: dict(zip(g["seeds"], g["target_losses"]))  # noqa: E731
+    arms = {f"rho={g['rho']:g}" + ("" if setting == "finetune" else f", alpha={g['alpha']:g}"): seeds_of(g)
+            for g in eff.best_per([g for g in method if g["x"] == base["x"] and g not in base_like],
+                                  lambda g: (g["rho"], g["alpha"])).values()}
+    for r in rows:
+        if r.get("setting") == RAMP_SETTINGS[setting] and r.get("target_loss") is not None:
+            arms.setdefault(r["schedule"], {})[r["seed"]] = float(r["target_loss"])
+    design = paired.design_from_groups({float(x): seeds_of(g) for x, g in refs.items()}, seeds_of(base),
+                                       float(base["x"]), arms, lambda g: g)
+    if len(design.seeds) < paired.MIN_SEEDS:
+        return None
+    try:
+        res = paired.analyse(design, level)
+    except paired.FitError as exc:
+        return {"error": str(exc)}
+    keep = ("multiplier", "interval", "lower_bound", "seeds_past_range", "loss", "interpolated")
+    return {"baseline": f"rho=0 at x = {base['x']:g}, lr={base['lr']:g}", "interval_method": res["interval_method"],
+            "kind": res["kind"], "slope_per_doubling": res["slope_per_doubling"], "seeds": res["seeds"],
+            "x_range": res["x_range"], "arms": {n: {k: a.get(k) for k in keep} for n, a in res["arms"].items()}}
 
 
 def _log_ratio(fit: dict[str, float], loss: float, base: float) -> float | None:
@@ -201,4 +243,13 @@ def summary_lines(comparison: dict[str, Any]) -> list[str]:
             mult = (f"; multiplier {row['multiplier']:.3g}x" if "multiplier" in row else "")
             lines.append(f"  {shape}: target {row['mean_target_loss']:.4f}, ramp - best {d['mean']:+.4f} "
                          f"{pct} {iv} over {d['n']} seeds{mult}: {verdict}")
+        pm = c.get("paired_multipliers") or {}
+        if pm.get("arms"):
+            lines.append(f"  multipliers over the no-replay baseline ({pm['baseline']}; {pct} {pm['interval_method']}, "
+                         f"{pm['kind']}, {pm['slope_per_doubling']:.3f} nats per doubling):")
+            for name, a in pm["arms"].items():
+                m, lb, iv2 = a.get("multiplier"), a.get("lower_bound"), a.get("interval")
+                value = f"{m:.2f}x" if m is not None else (f"> {lb:.1f}x" if lb else "none")
+                span = f" [{iv2[0]:.2f}, {iv2[1]:.2f}]" if iv2 else ""
+                lines.append(f"    {name:26s} {value}{span}  target {a['loss']:.4f}")
     return lines
