@@ -47,6 +47,16 @@ def test_ramp_arms_hold_the_same_target_data_and_total_steps(stores):
     assert ft["linear:1:0.5"].phases[0].steps == ft[0.75].phases[0].steps == 64 - 16
 
 
+def test_ramp_arms_draw_the_same_target_data_as_the_two_stage_arms_of_their_seed(stores):
+    # with a reference point at 2 batches, each seed's block of the shuffle is 2 batches long
+    cfg = _study(stores, reference={"target_batches": [0.5, 2], "family": "baseline"})
+    for lab, run in study.build_runs(cfg):
+        src = run.data.sources[cfg.target_name]
+        if lab.get("reference"):
+            continue
+        assert src.first == lab["seed"] * 2 * cfg.batch_size and src.sequences == cfg.batch_size, lab
+
+
 def test_ramp_arms_share_the_generic_prefix_and_the_comparison_is_paired(stores, tmp_path):
     cfg = _study(stores, finetune=None, ramps={"finetune": [], "midtrain": ["upsample-end:0.25:1:0"]})
     out = tmp_path / "study"

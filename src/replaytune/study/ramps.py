@@ -52,7 +52,8 @@ def _lr(peak: float, kind: str, warmup: float, decay: float = 0.1, warmup_steps:
 
 
 def ramp_arms(study: Any, warm: int) -> Iterator[tuple[dict[str, Any], str, int, int, list[dict[str, Any]]]]:
-    """(labels, run name, target sequences, first target sequence, phases) of every ramp arm.
+    """(labels, run name, target sequences, phases) of every ramp arm (the study places each seed's
+    target sequences, as for its two-stage arms).
 
     ``study`` is a ``study.runs.StudyConfig`` with ``ramps`` set; the run config around the
     phases is the study's own (``runs._base``), so the arms differ from the grid only in schedule.
@@ -81,7 +82,7 @@ def ramp_arms(study: Any, warm: int) -> Iterator[tuple[dict[str, Any], str, int,
                 ]
                 labels = {"setting": RAMP_SETTINGS["finetune"], "schedule": shape, "rho": R.mean_rho(pts),
                           "alpha": None, "lr": lr, "x": T, "seed": seed, "switch_step": N - plan.steps}
-                yield labels, name, n, seed * n, phases
+                yield labels, name, n, phases
     if study.midtrain is not None:
         mt = study.midtrain
         gamma = T * mt.epochs / N
@@ -97,7 +98,7 @@ def ramp_arms(study: Any, warm: int) -> Iterator[tuple[dict[str, Any], str, int,
                            "lr": _lr(mt.lr, "wsd", mt.warmup, mt.decay, warm)}]
                 labels = {"setting": RAMP_SETTINGS["midtrain"], "schedule": shape, "rho": R.mean_rho(pts),
                           "alpha": None, "lr": mt.lr, "x": T, "seed": seed, "switch_step": first_target}
-                yield labels, name, n, seed * n, phases
+                yield labels, name, n, phases
 
 
 def _slug(shape: str) -> str:

@@ -157,8 +157,10 @@ def build_runs(study: StudyConfig, midtrain_lr: float | None = None) -> list[tup
     if study.reference is not None:
         runs += _reference_runs(study, warm, None if tuning else mt_lr)
     if study.ramps is not None and not tuning:
-        for labels, name, n, first, phases in study_ramps.ramp_arms(study, warm):
-            runs.append((labels, validate({**_base(study, name, n, first), "phases": phases}, f"study run {name}")))
+        for labels, name, n, phases in study_ramps.ramp_arms(study, warm):
+            # the seed's own block of unique target data, as every two-stage arm of that seed draws
+            base = _base(study, name, n, first=_first(study, labels["seed"], n))
+            runs.append((labels, validate({**base, "phases": phases}, f"study run {name}")))
     return runs
 
 
