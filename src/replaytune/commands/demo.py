@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "source where there are none). Pre-trains a small Llama, fine-tunes with and without replay (total steps fixed), mid-trains "
         "over rho, fits each setting's data-efficiency curve (its baseline repeated at more target data) and "
         "prints the target-data multipliers with 90% intervals; writes results.json, report.md and plots. "
-        "Interrupted? Run the same command again: finished runs are skipped.",
+        "Interrupted? Run the same command again: finished runs are skipped. With --pretrained: the paper's practice "
+        "protocol on a real pretrained model instead (fine-tuning with replay, forgetting, the multiplier).",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     p.add_argument("--generic", metavar="PATH", help="your generic text instead of the man pages (file, dir or glob)")
@@ -65,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="your target text instead of the defaults (repeatable; the first gets the full study)")
     p.add_argument("--workers", type=int, default=2,
                    help="training processes at once, one thread each (default 2: faster than one process with "
-                   "two threads for this model size on 2 cores)")
+                   "two threads for this model size on 2 cores; --pretrained always runs one)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per worker process (default 1; with --pretrained: 2, one worker); another count sums in another order, which "
                    "may change the rounding (on a small model it may not: BENCHMARKS.md)")
