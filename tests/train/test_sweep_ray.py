@@ -99,28 +99,35 @@ def test_ray_sweep_with_prefix_sharing_matches_the_local_executor(ray_local, loc
     assert len(again.skipped) == len(tasks)
 
 
-def _kill_after_first_checkpoint(run_dir: Path, killed: dict, stop: threading.Event) -> None:
-    """SIGKILL the process that trains in ``run_dir`` once it holds a checkpoint and is not done."""
+def _trainer(run_dir: Path, stop: threading.Event) -> int | None:
+    """The pid of the process training in ``run_dir`` once it holds a checkpoint and is not done
+    (read from the run's lock: "pid N on host H"); None if ``stop`` is set first."""
     while not stop.is_set():
         lock = run_dir / rundir.LOCK
         if rundir.checkpoint_steps(run_dir) and not rundir.is_finished(run_dir) and lock.is_file():
             try:
-                words = lock.read_text().split()  # "pid N on host H"
-                pid = int(words[1])
+                return int(lock.read_text().split()[1])
             except (OSError, IndexError, ValueError):
                 continue  # being written
-            if pid == os.getpid():
-                killed["error"] = "the run trains in the test process, not in a Ray worker"
-                return
-            try:
-                killed["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                pass
-            killed["at"] = rundir.checkpoint_steps(run_dir)[-1]
-            os.kill(pid, signal.SIGKILL)
-            killed["pid"] = pid
-            return
         time.sleep(0.002)
+    return None
+
+
+def _kill_after_first_checkpoint(run_dir: Path, killed: dict, stop: threading.Event) -> None:
+    """SIGKILL the process that trains in ``run_dir`` once it holds a checkpoint and is not done."""
+    pid = _trainer(run_dir, stop)
+    if pid is None:
+        return
+    if pid == os.getpid():
+        killed["error"] = "the run trains in the test process, not in a Ray worker"
+        return
+    try:
+        killed["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        pass
+    killed["at"] = rundir.checkpoint_steps(run_dir)[-1]
+    os.kill(pid, signal.SIGKILL)
+    killed["pid"] = pid
 
 
 def test_a_killed_ray_worker_is_retried_and_the_sweep_ends_identical(ray_local, local_sweep, stores, tmp_path):
@@ -285,24 +292,17 @@ def test_a_lost_node_of_a_two_raylet_cluster_is_retried_on_the_other_and_the_swe
         stop = threading.Event()
 
         def remove_the_node_training_root() -> None:
-            while not stop.is_set():
-                lock = root.run_dir / rundir.LOCK
-                if rundir.checkpoint_steps(root.run_dir) and not rundir.is_finished(root.run_dir) and lock.is_file():
-                    try:
-                        pid = int(lock.read_text().split()[1])
-                    except (OSError, IndexError, ValueError):
-                        continue
-                    parent = _ppid(pid)
-                    for i, node in enumerate(nodes):
-                        raylets = [p.process.pid for p in node.all_processes.get("raylet", [])]
-                        if parent in raylets:
-                            lost.update(node=i, at=rundir.checkpoint_steps(root.run_dir)[-1], pid=pid)
-                            os.kill(pid, signal.SIGKILL)  # the worker dies with its node, not moments later
-                            cluster.remove_node(node, allow_graceful=False)
-                            return
-                    lost["error"] = f"the run's process {pid} (parent {parent}) is on no worker raylet"
+            pid = _trainer(root.run_dir, stop)
+            if pid is None:
+                return
+            parent = _ppid(pid)
+            for i, node in enumerate(nodes):
+                if parent in [p.process.pid for p in node.all_processes.get("raylet", [])]:
+                    lost.update(node=i, at=rundir.checkpoint_steps(root.run_dir)[-1], pid=pid)
+                    os.kill(pid, signal.SIGKILL)  # the worker dies with its node, not moments later
+                    cluster.remove_node(node, allow_graceful=False)
                     return
-                time.sleep(0.002)
+            lost["error"] = f"the run's process {pid} (parent {parent}) is on no worker raylet"
 
         killer = threading.Thread(target=remove_the_node_training_root, daemon=True)
         killer.start()
