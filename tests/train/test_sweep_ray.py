@@ -130,21 +130,29 @@ def _kill_after_first_checkpoint(run_dir: Path, killed: dict, stop: threading.Ev
     killed["pid"] = pid
 
 
-def test_a_killed_ray_worker_is_retried_and_the_sweep_ends_identical(ray_local, local_sweep, stores, tmp_path):
+def _sweep_while(tasks, act, stop: threading.Event, **executor) -> list[str]:
+    """Run ``tasks`` on Ray while ``act()`` runs in a thread (it waits for its moment on ``stop``);
+    the sweep's log lines."""
     from replaytune.study.sweep.ray import RayExecutor
+
+    killer = threading.Thread(target=act, daemon=True)
+    killer.start()
+    lines: list[str] = []
+    try:
+        sweep.execute(tasks, executor=RayExecutor(**executor), log=lines.append)
+    finally:
+        stop.set()
+        killer.join()
+    return lines
+
+
+def test_a_killed_ray_worker_is_retried_and_the_sweep_ends_identical(ray_local, local_sweep, stores, tmp_path):
 
     tasks = sweep.build_tasks(_configs(stores), tmp_path / "runs")
     root = tasks[0]  # every other run branches from it
     killed: dict = {}
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_after_first_checkpoint, args=(root.run_dir, killed, stop), daemon=True)
-    killer.start()
-    lines: list[str] = []
-    try:
-        sweep.execute(tasks, executor=RayExecutor(max_retries=2), log=lines.append)
-    finally:
-        stop.set()
-        killer.join()
+    lines = _sweep_while(tasks, lambda: _kill_after_first_checkpoint(root.run_dir, killed, stop), stop, max_retries=2)
     assert "error" not in killed and "pid" in killed, killed
     assert "ray" in killed.get("cmdline", "ray")  # a Ray worker process died, not something else
     # the retried task continued from a checkpoint, not from step 0
@@ -270,7 +278,6 @@ def test_a_lost_node_of_a_two_raylet_cluster_is_retried_on_the_other_and_the_swe
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from replaytune.study.sweep.ray import RayExecutor
 
     if ray.is_initialized():
         ray.shutdown()  # the module's one-node instance, if an earlier test started it
@@ -304,14 +311,7 @@ def test_a_lost_node_of_a_two_raylet_cluster_is_retried_on_the_other_and_the_swe
                     return
             lost["error"] = f"the run's process {pid} (parent {parent}) is on no worker raylet"
 
-        killer = threading.Thread(target=remove_the_node_training_root, daemon=True)
-        killer.start()
-        lines: list[str] = []
-        try:
-            sweep.execute(tasks, executor=RayExecutor(max_retries=2), log=lines.append)
-        finally:
-            stop.set()
-            killer.join()
+        lines = _sweep_while(tasks, remove_the_node_training_root, stop, max_retries=2)
         assert "error" not in lost and "node" in lost, (lost, lines)
         resumed = [line for line in lines if line.startswith(f"{root.cfg.name}: ") and "retried" in line]
         assert len(resumed) == 1, lines

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -297,10 +297,6 @@ def run_practice(out: str | Path, *, pretrained: str = "smollm2", target: str | 
     return summary
 
 
-def _mean(v: list[float]) -> float | None:
-    return sum(v) / len(v) if v else None
-
-
 def practice_tables(results: dict[str, Any]) -> dict[str, Any]:
     """Per rho (at its LR chosen on validation): the losses on every source averaged over seeds,
     their change from the model before fine-tuning, and the paired per-seed target difference
@@ -324,9 +320,8 @@ def practice_tables(results: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"rho": rho, "lr": best[rho]["lr"], "seeds": sorted(r["seed"] for r in rs), "losses": {}}
         for src in sources:
             vals = [v for v in (loss(r, src) for r in rs) if v is not None]
-            m = _mean(vals)
-            entry["losses"][src] = {"mean": m, "sd": (math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-                                                      if len(vals) > 1 else None),
+            m = statistics.fmean(vals) if vals else None
+            entry["losses"][src] = {"mean": m, "sd": statistics.stdev(vals) if len(vals) > 1 else None,
                                     "change_from_base": (m - base[src]) if (m is not None and base.get(src) is not None) else None}
         if rho != 0.0:
             entry["target_gain_per_seed"] = {str(r["seed"]): zero[r["seed"]] - r["target_loss"] for r in rs

@@ -51,7 +51,7 @@ def _lr(peak: float, kind: str, warmup: float, decay: float = 0.1, warmup_steps:
     return out
 
 
-def ramp_arms(study: Any, warm: int) -> Iterator[tuple[dict[str, Any], str, int, int, list[dict[str, Any]]]]:
+def ramp_arms(study: Any, warm: int) -> Iterator[tuple[dict[str, Any], str, int, list[dict[str, Any]]]]:
     """(labels, run name, target sequences, phases) of every ramp arm (the study places each seed's
     target sequences, as for its two-stage arms).
 

@@ -85,8 +85,9 @@ def _base(study: StudyConfig, name: str, target_sequences: int, first: int = 0) 
 
 
 def _eval(study: StudyConfig, generic: bool = True) -> dict[str, Any]:
-    """The runs' evaluation: the study's, less the generic validation half (no choice is made on
-    the generic loss) and, for reference runs (``generic=False``), the generic set altogether."""
+    """The runs' evaluation: the study's, less the validation halves of the generic and held-out-only
+    sources (no choice is made on them) and, for reference runs (``generic=False``), those sources
+    altogether."""
     ev = study.eval.model_dump(mode="json")
     others = [study.generic_name, *study.heldout]
     extra = others if not generic else [f"{name}/val" for name in others] if study.eval.split else []
